@@ -1,0 +1,28 @@
+"""iadet configuration: typed dataclasses (``schema``) and the strict YAML loader (``loader``).
+
+    from iadet.config import load_config
+    cfg = load_config("configs/iou_aware_retinanet_r50_fpn_1x_coco.yaml",
+                      ["model.test.alpha=0.4"])
+    cfg.model.head.iou_branch  # True
+
+Nothing outside the model/data builders should read the config (STYLE.md habit 1).
+"""
+from .loader import config_files, config_to_dict, dump_config, load_config, merge_opts
+from .schema import (
+    AnchorConfig,
+    BackboneConfig,
+    BoxCoderConfig,
+    Config,
+    ConfigError,
+    HeadConfig,
+    InputConfig,
+    ModelConfig,
+    NeckConfig,
+    TestConfig,
+)
+
+__all__ = [
+    "AnchorConfig", "BackboneConfig", "BoxCoderConfig", "Config", "ConfigError",
+    "HeadConfig", "InputConfig", "ModelConfig", "NeckConfig", "TestConfig",
+    "config_files", "config_to_dict", "dump_config", "load_config", "merge_opts",
+]

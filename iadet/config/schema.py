@@ -1,0 +1,199 @@
+"""The settings of an iadet run: nested dataclasses whose defaults are the paper's.
+
+``Config`` is the root. Every field is typed (int, float, bool, str, ``Optional``,
+``list[...]``, ``Literal[...]``); the loader (``iadet.config.loader``) checks YAML values
+against these annotations and refuses unknown keys, so the classes below are the whole
+list of valid keys. Adding a section is one dataclass plus one field on its parent.
+
+Value checks that are cheap and obviously right live in ``__post_init__``; they raise
+``ConfigError`` naming the field relative to its section (``alpha``), and the loader
+reports it with the full dotted key (``model.test.alpha``).
+
+Defaults follow the paper and its RetinaNet baseline (see SPEC.md section 1 and 3);
+``configs/compat/torchvision_retinanet_r50_fpn.yaml`` lists the torchvision deviations.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+BackboneName = Literal[
+    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+    "resnext50_32x4d", "resnext101_32x4d", "resnext101_32x8d", "resnext101_64x4d",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration the user must fix: bad key, bad type, bad value or bad file.
+
+    ``key`` is the dotted key at fault (or None when the whole file is at fault) and
+    ``reason`` the explanation; ``str(error)`` joins them into one actionable message.
+    """
+
+    def __init__(self, reason: str, key: Optional[str] = None):
+        self.key = key
+        self.reason = reason
+        super().__init__(f"{key}: {reason}" if key else reason)
+
+
+def _check(ok: bool, key: str, reason: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{reason}, got {value!r}", key=key)
+
+
+def _check_positive(section: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(section, name)
+        _check(value > 0, name, "must be positive", value)
+
+
+@dataclass
+class BackboneConfig:
+    """ResNet / ResNeXt, "pytorch" style (stride on the 3x3 conv), returning C3-C5."""
+
+    name: BackboneName = "resnet50"
+    # frozen_stats: BN running statistics frozen, scale and shift trained (authors);
+    # frozen: torchvision's FrozenBatchNorm2d; bn / gn: trainable, for training from scratch.
+    norm: Literal["frozen_stats", "frozen", "bn", "gn"] = "frozen_stats"
+    gn_groups: int = 32
+    frozen_stages: int = 1  # -1: nothing frozen; 0: stem; k: stem and stages 1..k
+    init: Optional[str] = None  # path to a torchvision ImageNet checkpoint; None = random
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "gn_groups")
+        _check(-1 <= self.frozen_stages <= 4, "frozen_stages", "must be in [-1, 4]",
+               self.frozen_stages)
+        _check(self.init is None or self.init != "", "init",
+               "must be a checkpoint path or null", self.init)
+
+
+@dataclass
+class NeckConfig:
+    """FPN over C3-C5 plus P6, P7 (P3-P7 out)."""
+
+    out_channels: int = 256
+    p6_input: Literal["c5", "p5"] = "c5"  # torchvision v1: p5
+    relu_before_p7: bool = False  # torchvision v1: true
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "out_channels")
+
+
+@dataclass
+class AnchorConfig:
+    """Anchors per level: sizes stride * octave_base_scale * 2**(k / scales_per_octave)."""
+
+    strides: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 128])
+    octave_base_scale: float = 4.0
+    scales_per_octave: int = 3
+    ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])  # h / w
+    # torchvision: int sizes, rounded half-sizes, stride = padded image size // feature size
+    style: Literal["float", "torchvision"] = "float"
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "octave_base_scale", "scales_per_octave")
+        for name in ("strides", "ratios"):
+            values = getattr(self, name)
+            _check(len(values) > 0 and all(v > 0 for v in values), name,
+                   "must be a non-empty list of positive numbers", values)
+
+
+@dataclass
+class HeadConfig:
+    """Shared head: classification and regression towers, plus the IoU branch."""
+
+    feat_channels: int = 256
+    stacked_convs: int = 4
+    norm: Optional[Literal["gn"]] = None
+    gn_groups: int = 32
+    iou_branch: bool = True  # false = plain RetinaNet
+    prior_prob: float = 0.01  # classification bias = -log((1 - p) / p)
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "feat_channels", "gn_groups")
+        _check(self.stacked_convs >= 0, "stacked_convs", "must be >= 0", self.stacked_convs)
+        _check(0.0 < self.prior_prob < 1.0, "prior_prob", "must be in (0, 1)", self.prior_prob)
+        if self.norm == "gn":
+            _check(self.feat_channels % self.gn_groups == 0, "gn_groups",
+                   f"must divide feat_channels={self.feat_channels}", self.gn_groups)
+
+
+@dataclass
+class BoxCoderConfig:
+    """(dx, dy, dw, dh) deltas of boxes against anchors, divided by ``weights``."""
+
+    weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
+    clamp: Literal["both", "upper"] = "both"  # torchvision clamps dw/dh only from above
+
+    def __post_init__(self) -> None:
+        _check(len(self.weights) == 4 and all(w > 0 for w in self.weights), "weights",
+               "must be 4 positive numbers (dx, dy, dw, dh)", self.weights)
+
+
+@dataclass
+class TestConfig:
+    """Inference: confidence, candidate selection and NMS (SPEC section 3)."""
+
+    __test__ = False  # not a pytest test class despite its name
+
+    alpha: Optional[float] = 0.5  # Eq. 7: S = p**alpha * IoU**(1 - alpha); None: S = p * IoU
+    score_thr: float = 0.05
+    topk_per_level: int = 1000
+    nms_iou: float = 0.5
+    max_det: int = 100
+    order: Literal["topk_then_thr", "thr_then_topk"] = "topk_then_thr"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.alpha, str) and self.alpha.lower() == "none":
+            self.alpha = None
+        if self.alpha is not None:
+            _check(0.0 <= self.alpha <= 1.0, "alpha", "must be in [0, 1] or null/none",
+                   self.alpha)
+        _check(0.0 <= self.score_thr <= 1.0, "score_thr", "must be in [0, 1]", self.score_thr)
+        _check(0.0 <= self.nms_iou <= 1.0, "nms_iou", "must be in [0, 1]", self.nms_iou)
+        _check_positive(self, "topk_per_level", "max_det")
+
+
+@dataclass
+class ModelConfig:
+    """Everything ``build_model`` needs; ``num_classes`` counts foreground classes."""
+
+    num_classes: int = 80
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    neck: NeckConfig = field(default_factory=NeckConfig)
+    anchors: AnchorConfig = field(default_factory=AnchorConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    box_coder: BoxCoderConfig = field(default_factory=BoxCoderConfig)
+    test: TestConfig = field(default_factory=TestConfig)
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "num_classes")
+
+
+@dataclass
+class InputConfig:
+    """Keep-ratio resize to fit max_size x min_size, normalise RGB in [0, 255], pad."""
+
+    min_size: int = 800
+    max_size: int = 1333
+    mean: list[float] = field(default_factory=lambda: [123.675, 116.28, 103.53])
+    std: list[float] = field(default_factory=lambda: [58.395, 57.12, 57.375])
+    size_divisor: int = 32
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "min_size", "max_size", "size_divisor")
+        _check(len(self.mean) == 3, "mean", "must have 3 values (R, G, B)", self.mean)
+        _check(len(self.std) == 3 and all(s > 0 for s in self.std), "std",
+               "must have 3 positive values (R, G, B)", self.std)
+
+
+@dataclass
+class Config:
+    """Root of an iadet configuration. ``Config()`` is the paper's IoU-aware RetinaNet R50.
+
+    The file a config came from is not part of it: ``iadet.config.config_files(path)``
+    lists the files ``load_config(path)`` merges, and ``dump_config`` records the result.
+    """
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    input: InputConfig = field(default_factory=InputConfig)

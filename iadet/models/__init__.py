@@ -1,0 +1,1 @@
+"""Model parts of the IoU-aware RetinaNet, each testable alone."""

@@ -1,0 +1,96 @@
+"""RetinaNet head with the IoU prediction branch (paper §3.1, Fig. 2; SPEC §1).
+
+Two towers of ``stacked_convs`` x (3x3 conv + [GroupNorm] + ReLU), shared over P3-P7.
+Classification: 3x3 conv -> A*C logits. Regression: 3x3 conv -> A*4 deltas.
+IoU branch: ONE 3x3 conv -> A logits on the last regression-tower feature, parallel to the
+regression conv; one IoU per anchor shared by all classes (sigmoid at inference).
+"""
+import math
+from typing import Dict, List, Optional
+
+import torch
+from torch import Tensor, nn
+
+
+def _flatten_level(x: Tensor, k: int) -> Tensor:
+    """(N, A*K, H, W) -> (N, H*W*A, K), layout (y, x, a), channel index a*K + k."""
+    n, _, h, w = x.shape
+    return x.view(n, -1, k, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, k)
+
+
+class IoUAwareRetinaHead(nn.Module):
+    """Args:
+        num_classes: foreground classes C (sigmoid, no background slot).
+        in_channels: channels of the pyramid levels.
+        num_anchors: anchors per location A (9).
+        feat_channels: tower width (256).
+        stacked_convs: convs per tower (4).
+        norm: ``None`` or ``"gn"`` (GroupNorm in the towers, for training from scratch).
+        iou_branch: build the IoU prediction conv.
+        prior_prob: initial foreground probability of the classification bias.
+    """
+
+    def __init__(self, num_classes: int, in_channels: int = 256, num_anchors: int = 9,
+                 feat_channels: int = 256, stacked_convs: int = 4, norm: Optional[str] = None,
+                 gn_groups: int = 32, iou_branch: bool = True, prior_prob: float = 0.01):
+        super().__init__()
+        if norm not in (None, "gn"):
+            raise ValueError(f"head norm must be None or 'gn', got {norm!r}")
+        self.num_classes = num_classes
+        self.num_anchors = num_anchors
+        chans = [in_channels] + [feat_channels] * stacked_convs
+        self.cls_convs = nn.ModuleList(nn.Conv2d(chans[i], chans[i + 1], 3, padding=1)
+                                       for i in range(stacked_convs))
+        self.reg_convs = nn.ModuleList(nn.Conv2d(chans[i], chans[i + 1], 3, padding=1)
+                                       for i in range(stacked_convs))
+        if norm == "gn":
+            self.cls_norms = nn.ModuleList(nn.GroupNorm(gn_groups, feat_channels) for _ in range(stacked_convs))
+            self.reg_norms = nn.ModuleList(nn.GroupNorm(gn_groups, feat_channels) for _ in range(stacked_convs))
+        else:
+            self.cls_norms = self.reg_norms = None
+        self.cls_logits = nn.Conv2d(chans[-1], num_anchors * num_classes, 3, padding=1)
+        self.bbox_pred = nn.Conv2d(chans[-1], num_anchors * 4, 3, padding=1)
+        # The IoU branch: one 3x3 conv on the last regression-tower feature (paper §3.1).
+        self.iou_pred = nn.Conv2d(chans[-1], num_anchors, 3, padding=1) if iou_branch else None
+        self.reset_parameters(prior_prob)
+
+    @property
+    def has_iou_branch(self) -> bool:
+        return self.iou_pred is not None
+
+    def reset_parameters(self, prior_prob: float = 0.01) -> None:
+        for conv in [*self.cls_convs, *self.reg_convs, self.cls_logits, self.bbox_pred, self.iou_pred]:
+            if conv is not None:
+                nn.init.normal_(conv.weight, std=0.01)
+                nn.init.zeros_(conv.bias)
+        nn.init.constant_(self.cls_logits.bias, -math.log((1 - prior_prob) / prior_prob))
+
+    def _tower(self, x: Tensor, convs, norms) -> Tensor:
+        for i, conv in enumerate(convs):
+            x = conv(x)
+            if norms is not None:
+                x = norms[i](x)
+            x = torch.relu(x)
+        return x
+
+    def forward(self, features: List[Tensor]) -> Dict[str, Tensor]:
+        """Run the head on [P3..P7] (N, C_in, H_l, W_l).
+
+        Returns a dict of level-concatenated outputs (P3 first), rows in (level, y, x, a) order:
+            ``cls_logits`` (N, M, C), ``bbox_deltas`` (N, M, 4), ``iou_logits`` (N, M) or
+            absent without the IoU branch, and ``num_anchors_per_level`` (list of M_l).
+        """
+        cls_out, reg_out, iou_out, counts = [], [], [], []
+        for feat in features:
+            cls_feat = self._tower(feat, self.cls_convs, self.cls_norms)
+            reg_feat = self._tower(feat, self.reg_convs, self.reg_norms)
+            cls_out.append(_flatten_level(self.cls_logits(cls_feat), self.num_classes))
+            reg_out.append(_flatten_level(self.bbox_pred(reg_feat), 4))
+            if self.iou_pred is not None:
+                iou_out.append(_flatten_level(self.iou_pred(reg_feat), 1))
+            counts.append(cls_out[-1].shape[1])
+        out = {"cls_logits": torch.cat(cls_out, 1), "bbox_deltas": torch.cat(reg_out, 1),
+               "num_anchors_per_level": counts}
+        if iou_out:
+            out["iou_logits"] = torch.cat(iou_out, 1).squeeze(-1)
+        return out

@@ -1,0 +1,135 @@
+"""Inference post-processing (paper §3.3, Eq. 7; SPEC §3), batched over images.
+
+Per image and level: confidence S = p**alpha * IoU**(1 - alpha) for every (anchor, class);
+the ``topk_per_level`` candidates by S; score threshold on S; decode; clip to the image;
+class-wise NMS on S; keep ``max_det`` by S. The reported score is S.
+"""
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from iadet.models.box_coder import DeltaBoxCoder
+from iadet.ops.boxes import clip_boxes
+from iadet.ops.nms import batched_nms
+
+
+def detection_confidence(cls_prob: Tensor, iou_prob: Optional[Tensor], alpha: Optional[float]) -> Tensor:
+    """Eq. 7 of the paper: S = p**alpha * IoU**(1 - alpha).
+
+    Args:
+        cls_prob: (..., C) classification probabilities p.
+        iou_prob: (...) predicted IoU per anchor (shared by all classes), or None when the
+            model has no IoU branch (then S = p).
+        alpha: in [0, 1], or None for the plain product S = p * IoU.
+    """
+    if iou_prob is None:
+        return cls_prob
+    iou_prob = iou_prob.unsqueeze(-1)
+    if alpha is None:
+        return cls_prob * iou_prob
+    return cls_prob.pow(alpha) * iou_prob.pow(1.0 - alpha)
+
+
+class PostProcessor:
+    """Turns head outputs into detections.
+
+    Args:
+        box_coder: decodes deltas against anchors.
+        alpha: Eq. 7 exponent in [0, 1], or None (S = p * IoU).
+        score_thr: minimum S (strictly greater, as torchvision and MMDetection).
+        topk_per_level: candidates per level, ranked by S.
+        nms_iou: class-wise NMS IoU threshold.
+        max_det: detections kept per image.
+        order: ``"topk_then_thr"`` (authors, iadet) or ``"thr_then_topk"`` (torchvision,
+            MMDetection 3). Over (anchor, class) candidates both select the same set; the
+            option exists so each convention is spelled out where it is applied.
+    """
+
+    def __init__(self, box_coder: DeltaBoxCoder, alpha: Optional[float] = 0.5, score_thr: float = 0.05,
+                 topk_per_level: int = 1000, nms_iou: float = 0.5, max_det: int = 100,
+                 order: str = "topk_then_thr"):
+        if alpha is not None and not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1] or None, got {alpha}")
+        if order not in ("topk_then_thr", "thr_then_topk"):
+            raise ValueError(f"order must be 'topk_then_thr' or 'thr_then_topk', got {order!r}")
+        self.box_coder = box_coder
+        self.alpha = alpha
+        self.score_thr = score_thr
+        self.topk_per_level = topk_per_level
+        self.nms_iou = nms_iou
+        self.max_det = max_det
+        self.order = order
+
+    def select_candidates(self, scores: Tensor, num_anchors_per_level: Sequence[int]):
+        """Per-level top-k and threshold on S.
+
+        Args:
+            scores: (N, M, C) confidences S.
+        Returns:
+            (image_idx, anchor_idx, label, score), each (K,), flattened over the batch.
+        """
+        n, _, c = scores.shape
+        picked_scores, picked_flat = [], []
+        start = 0
+        for count in num_anchors_per_level:
+            level = scores[:, start:start + count].reshape(n, -1)
+            if self.order == "thr_then_topk":
+                level = level.masked_fill(level <= self.score_thr, -1.0)
+            k = min(self.topk_per_level, level.shape[1])
+            vals, idx = level.topk(k, dim=1)
+            picked_scores.append(vals)
+            picked_flat.append(idx + start * c)
+            start += count
+        vals = torch.cat(picked_scores, 1)
+        flat = torch.cat(picked_flat, 1)
+        valid = vals > self.score_thr
+        image_idx = torch.arange(n, device=scores.device)[:, None].expand_as(flat)[valid]
+        flat = flat[valid]
+        return image_idx, flat // c, flat % c, vals[valid]
+
+    def __call__(self, head_out: Dict[str, Tensor], anchors: Tensor,
+                 image_sizes: Sequence[Tuple[int, int]], alpha: Optional[float] = "default",
+                 ) -> List[Dict[str, Tensor]]:
+        """Detections for a batch.
+
+        Args:
+            head_out: the head's dict (``cls_logits`` (N, M, C), ``bbox_deltas`` (N, M, 4),
+                optional ``iou_logits`` (N, M), ``num_anchors_per_level``).
+            anchors: (M, 4) xyxy anchors of all levels, concatenated P3 first.
+            image_sizes: (height, width) of each image inside the padded batch; boxes are
+                clipped to it.
+            alpha: overrides the configured alpha for this call.
+        Returns:
+            one dict per image: ``boxes`` (K, 4) xyxy in input pixels, ``scores`` (K,) S,
+            ``labels`` (K,) int64 class index, ``cls_scores`` (K,) p, and ``ious`` (K,)
+            predicted IoU when the model has the IoU branch. Sorted by decreasing S.
+        """
+        alpha = self.alpha if alpha == "default" else alpha
+        cls_prob = head_out["cls_logits"].sigmoid()
+        iou_logits = head_out.get("iou_logits")
+        iou_prob = iou_logits.sigmoid() if iou_logits is not None else None
+        scores = detection_confidence(cls_prob, iou_prob, alpha)
+        img, anchor, label, score = self.select_candidates(scores, head_out["num_anchors_per_level"])
+
+        boxes = self.box_coder.decode(head_out["bbox_deltas"][img, anchor], anchors[anchor])
+        sizes = torch.as_tensor(image_sizes, dtype=boxes.dtype, device=boxes.device).reshape(-1, 2)
+        boxes = clip_boxes(boxes, sizes[img, 0], sizes[img, 1])
+
+        num_classes = scores.shape[2]
+        keep = batched_nms(boxes.float(), score.float(), img * num_classes + label, self.nms_iou)
+        # keep is sorted by score; a stable sort by image groups it per image in score order.
+        img_kept, order = torch.sort(img[keep], stable=True)
+        keep = keep[order]
+        counts = torch.bincount(img_kept, minlength=len(image_sizes))
+        starts = torch.cumsum(counts, 0) - counts
+        rank = torch.arange(keep.numel(), device=keep.device) - starts[img_kept]
+        keep = keep[rank < self.max_det]
+        counts = counts.clamp(max=self.max_det).tolist()
+
+        fields = {"boxes": boxes, "scores": score, "labels": label,
+                  "cls_scores": cls_prob[img, anchor, label]}
+        if iou_prob is not None:
+            fields["ious"] = iou_prob[img, anchor]
+        split = {name: value[keep].split(counts) for name, value in fields.items()}
+        return [{name: split[name][i] for name in split} for i in range(len(image_sizes))]

@@ -1,0 +1,1 @@
+"""Hand-written detection operators: box geometry and NMS."""

@@ -1,0 +1,122 @@
+"""Post-processing: Eq. 7 scoring, top-k and threshold, class-wise NMS, batching, empty cases."""
+import math
+
+import pytest
+import torch
+import torchvision
+
+from iadet.models.box_coder import DeltaBoxCoder
+from iadet.models.postprocess import PostProcessor, detection_confidence
+
+
+def test_detection_confidence_eq7_by_hand():
+    p = torch.tensor([[0.81, 0.25]])
+    iou = torch.tensor([0.64])
+    torch.testing.assert_close(detection_confidence(p, iou, 0.5), torch.tensor([[0.72, 0.4]]))
+    torch.testing.assert_close(detection_confidence(p, iou, 1.0), p)
+    torch.testing.assert_close(detection_confidence(p, iou, 0.0), torch.tensor([[0.64, 0.64]]))
+    torch.testing.assert_close(detection_confidence(p, iou, None), p * 0.64)
+    torch.testing.assert_close(detection_confidence(p, None, 0.5), p)
+    torch.testing.assert_close(detection_confidence(p, iou, 0.3), p ** 0.3 * 0.64 ** 0.7)
+
+
+def _logit(x):
+    return math.log(x / (1 - x))
+
+
+def test_hand_case_nms_and_rescoring():
+    # three anchors at one level, two classes; anchors 0 and 1 overlap with IoU 0.6.
+    anchors = torch.tensor([[0.0, 0.0, 10.0, 10.0], [2.0, 0.0, 12.0, 10.0], [50.0, 50.0, 60.0, 60.0]])
+    cls = torch.full((1, 3, 2), _logit(0.001))  # S <= sqrt(0.001) < 0.05
+    cls[0, 0, 0] = _logit(0.9)
+    cls[0, 1, 0] = _logit(0.8)
+    cls[0, 2, 1] = _logit(0.3)
+    iou = torch.tensor([[_logit(0.25), _logit(0.81), _logit(0.5)]])
+    out = {"cls_logits": cls, "bbox_deltas": torch.zeros(1, 3, 4), "iou_logits": iou, "num_anchors_per_level": [3]}
+
+    plain = PostProcessor(DeltaBoxCoder(), alpha=1.0)(out, anchors, [(100, 100)])[0]
+    # alpha = 1 ranks by p: anchor 0 (0.9) suppresses anchor 1 (IoU 0.667 > 0.5)
+    assert plain["labels"].tolist() == [0, 1]
+    torch.testing.assert_close(plain["scores"], torch.tensor([0.9, 0.3]))
+    torch.testing.assert_close(plain["boxes"][0], anchors[0])
+
+    aware = PostProcessor(DeltaBoxCoder(), alpha=0.5)(out, anchors, [(100, 100)])[0]
+    # alpha = 0.5: S0 = sqrt(0.9 * 0.25) = 0.474, S1 = sqrt(0.8 * 0.81) = 0.805 -> anchor 1 wins
+    torch.testing.assert_close(aware["boxes"][0], anchors[1])
+    torch.testing.assert_close(aware["scores"], torch.tensor([math.sqrt(0.8 * 0.81), math.sqrt(0.3 * 0.5)]))
+    torch.testing.assert_close(aware["ious"], torch.tensor([0.81, 0.5]))
+    torch.testing.assert_close(aware["cls_scores"], torch.tensor([0.8, 0.3]))
+
+
+def _random_outputs(n=3, m_levels=(300, 80, 20), c=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    m = sum(m_levels)
+    xy = torch.rand(m, 2, generator=g) * 200
+    anchors = torch.cat([xy, xy + 8 + torch.rand(m, 2, generator=g) * 60], 1)
+    out = {"cls_logits": torch.randn(n, m, c, generator=g) * 2 - 2,
+           "bbox_deltas": torch.randn(n, m, 4, generator=g) * 0.2,
+           "iou_logits": torch.randn(n, m, generator=g),
+           "num_anchors_per_level": list(m_levels)}
+    return out, anchors
+
+
+def _reference_single_image(out, anchors, i, size, pp):
+    """A plain per-image, per-level implementation with torchvision's NMS."""
+    scores = detection_confidence(out["cls_logits"][i].sigmoid(), out["iou_logits"][i].sigmoid(), pp.alpha)
+    boxes_all, scores_all, labels_all = [], [], []
+    start = 0
+    for count in out["num_anchors_per_level"]:
+        s = scores[start:start + count].flatten()
+        keep = torch.where(s > pp.score_thr)[0]
+        top = s[keep].topk(min(pp.topk_per_level, keep.numel())).indices
+        idx = keep[top]
+        a, lab = idx // scores.shape[1] + start, idx % scores.shape[1]
+        b = pp.box_coder.decode(out["bbox_deltas"][i][a], anchors[a])
+        b[:, 0::2] = b[:, 0::2].clamp(0, size[1])
+        b[:, 1::2] = b[:, 1::2].clamp(0, size[0])
+        boxes_all.append(b), scores_all.append(s[idx]), labels_all.append(lab)
+        start += count
+    b, s, lab = torch.cat(boxes_all), torch.cat(scores_all), torch.cat(labels_all)
+    keep = torchvision.ops.batched_nms(b, s, lab, pp.nms_iou)[:pp.max_det]
+    return b[keep], s[keep], lab[keep]
+
+
+@pytest.mark.parametrize("alpha", [0.5, None, 1.0])
+@pytest.mark.parametrize("order", ["topk_then_thr", "thr_then_topk"])
+def test_batched_equals_per_image_reference(alpha, order):
+    out, anchors = _random_outputs()
+    sizes = [(150, 200), (200, 120), (90, 90)]
+    pp = PostProcessor(DeltaBoxCoder(), alpha=alpha, topk_per_level=100, max_det=40, order=order)
+    results = pp(out, anchors, sizes)
+    for i, res in enumerate(results):
+        b, s, lab = _reference_single_image(out, anchors, i, sizes[i], pp)
+        assert len(s) > 5
+        assert torch.equal(res["labels"], lab)
+        torch.testing.assert_close(res["scores"], s)
+        torch.testing.assert_close(res["boxes"], b)
+        assert len(res["scores"]) <= 40
+
+
+def test_no_detections_and_empty_batch_rows():
+    out, anchors = _random_outputs(n=2)
+    out["cls_logits"][1] = -20.0  # nothing above the threshold in image 1
+    results = PostProcessor(DeltaBoxCoder())(out, anchors, [(100, 100), (100, 100)])
+    assert len(results[0]["scores"]) > 0
+    assert results[1]["boxes"].shape == (0, 4)
+    assert results[1]["labels"].dtype == torch.int64
+    assert set(results[1]) == {"boxes", "scores", "labels", "cls_scores", "ious"}
+
+
+def test_without_iou_branch_scores_are_probabilities():
+    out, anchors = _random_outputs(n=1)
+    del out["iou_logits"]
+    res = PostProcessor(DeltaBoxCoder(), alpha=0.5)(out, anchors, [(300, 300)])[0]
+    assert "ious" not in res
+    torch.testing.assert_close(res["scores"], res["cls_scores"])
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="alpha"):
+        PostProcessor(DeltaBoxCoder(), alpha=1.5)
+    with pytest.raises(ValueError, match="order"):
+        PostProcessor(DeltaBoxCoder(), order="random")
