@@ -41,12 +41,15 @@ def load_detector_weights(model: torch.nn.Module, path: Union[str, Path], strict
     IoU branch): the IoU conv keeps its initialisation and a warning is printed.
     """
     state, meta = model_state_from_checkpoint(load_checkpoint_file(path), path)
-    result = model.load_state_dict(state, strict=False)
+    hint = "Check --config (backbone, num_classes, iou_branch) against the run that wrote the checkpoint."
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise ValueError(f"{path} does not fit the configured model: {exc}. {hint}") from exc
     missing = [k for k in result.missing_keys if not k.startswith("head.iou_pred.")]
     if strict and (missing or result.unexpected_keys):
         raise ValueError(f"{path} does not fit the configured model: missing keys {missing[:8]}, "
-                         f"unexpected keys {result.unexpected_keys[:8]}. Check --config (backbone, "
-                         "num_classes, iou_branch) against the run that wrote the checkpoint.")
+                         f"unexpected keys {result.unexpected_keys[:8]}. {hint}")
     if len(missing) != len(result.missing_keys):
         import warnings
         warnings.warn(f"{path} has no IoU branch weights; head.iou_pred keeps its initialisation")

@@ -53,9 +53,11 @@ from torch import Tensor
 
 # Boxes per group per step: larger blocks mean fewer Python steps but a larger dense
 # (groups, block, block) IoU per step; see scripts/bench_nms.py.
-DEFAULT_BLOCK_SIZE = 128
+DEFAULT_BLOCK_SIZE = 64
 # Upper bound on the number of IoU values materialised at once (bounds peak memory).
 MAX_IOU_ELEMENTS = 1 << 22
+# Padding elements that cost about as much as the Python overhead of one more chunk.
+SPLIT_CHUNK_ELEMENTS = 1 << 15
 
 
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
@@ -159,11 +161,10 @@ def _greedy_nms(boxes: Tensor, scores: Tensor, idxs, iou_threshold: float,
     kept = _KeptBoxes(len(group_sizes_host), boxes.dtype, device)
     kept_positions = []
     for first_rank in range(0, group_sizes_host[0], block_size):
-        num_active = sum(size > first_rank for size in group_sizes_host)
-        chunk_start = 0
-        while chunk_start < num_active:
-            width = min(block_size, group_sizes_host[chunk_start] - first_rank)
-            chunk_end = min(num_active, chunk_start + max(1, MAX_IOU_ELEMENTS // width ** 2))
+        widths = [min(block_size, size - first_rank) for size in group_sizes_host
+                  if size > first_rank]
+        for chunk_start, chunk_end in _chunk_groups(widths):
+            width = widths[chunk_start]
             groups = slice(chunk_start, chunk_end)
             # (groups, width) positions of this block in the sorted order; padding -> NaN box.
             column = torch.arange(width, device=device)
@@ -175,11 +176,32 @@ def _greedy_nms(boxes: Tensor, scores: Tensor, idxs, iou_threshold: float,
             keep = _resolve_block(block, alive, threshold)
             kept.append(groups, block, keep)
             kept_positions.append(positions[keep])
-            chunk_start = chunk_end
 
     keep_mask = torch.zeros(num_boxes, dtype=torch.bool, device=device)
     keep_mask[sorted_to_input[torch.cat(kept_positions)]] = True
     return score_order[keep_mask[score_order]]
+
+
+def _chunk_groups(widths):
+    """Split the active groups of a step into chunks, each laid out as one dense block.
+
+    ``widths``: number of boxes of each group in this step, in decreasing order. Returns
+    ``(start, end)`` group ranges; a chunk is padded to the width of its first group. A chunk
+    ends where its remaining groups are at most half as wide and padding them would cost more
+    than ``SPLIT_CHUNK_ELEMENTS`` (the price of the extra Python operations of a new chunk),
+    or where the chunk would exceed ``MAX_IOU_ELEMENTS``.
+    """
+    chunks, start = [], 0
+    while start < len(widths):
+        width = widths[start]
+        end = min(len(widths), start + max(1, MAX_IOU_ELEMENTS // width ** 2))
+        for group in range(start + 1, end):
+            if 2 * widths[group] <= width and (end - group) * width ** 2 >= SPLIT_CHUNK_ELEMENTS:
+                end = group
+                break
+        chunks.append((start, end))
+        start = end
+    return chunks
 
 
 def _iou_exceeds(first: Tensor, second: Tensor, threshold) -> Tensor:
@@ -248,10 +270,10 @@ def _resolve_block(block: Tensor, alive: Tensor, threshold) -> Tensor:
     before = torch.ones((width, width), dtype=torch.bool, device=alive.device).triu_(1)
     # suppresses[g, i, j]: box i comes before box j and overlaps it too much.
     suppresses = (_iou_exceeds(block, block, threshold) & before).float()
+    alive = alive[:, None, :].float()  # (G, 1, B) 0/1: batched 0/1 vector for bmm
     keep = alive
     while True:  # at most width + 1 iterations, see the module docstring
-        suppressed = torch.bmm(keep[:, None, :].float(), suppresses)[:, 0, :]
-        new_keep = alive & (suppressed == 0)
+        new_keep = alive * (torch.bmm(keep, suppresses) == 0)
         if torch.equal(new_keep, keep):
-            return keep
+            return keep[:, 0, :] > 0
         keep = new_keep
