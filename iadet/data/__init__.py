@@ -1,0 +1,1 @@
+"""Datasets: the COCO-format reader's inputs and the embedded synthetic shapes dataset."""

@@ -1,0 +1,534 @@
+"""Embedded synthetic detection dataset of shapes, written to disk as a real COCO dataset.
+
+Nine classes that differ in outline (colour never identifies a class) on textured, noisy,
+cluttered backgrounds, with partial occlusion, low-contrast and blurred objects, and box
+sizes spanning COCO's small / medium / large ranges at 320 x 320::
+
+    OUT/train/000000.png ...             OUT/val/000000.png ...
+    OUT/annotations/instances_train.json OUT/annotations/instances_val.json
+
+so it goes through the same COCO reader and COCOeval as real data.
+
+Ground truth is exact, because localisation is what the IoU-aware detector is about:
+shapes are polygons in continuous pixel coordinates (pixel (i, j) covers [i, i+1) x
+[j, j+1)), the box is the outline's extent after rotation, and ``rasterize_polygons``
+draws exactly that polygon (anti-aliased by 4 x 4 samples a pixel). The box is the full object
+extent even where later objects occlude it, as COCO annotates occluded objects; placement
+rejects any object that would hide more than half of an earlier one.
+
+Deterministic: image ``i`` of a split is drawn by its own ``np.random.default_rng((seed,
+split, i))``, so the same settings give byte-identical files whatever the generation order.
+Images are PNG (lossless, no timestamp chunk): the pixels on disk are the pixels drawn,
+byte-identical run to run, and no JPEG ringing or chroma subsampling moves the edges of
+10 px objects. The price is size: pixel noise barely compresses, about 200 KB an image
+(JPEG would be about 35 KB).
+"""
+import argparse
+import difflib
+import hashlib
+import inspect
+import json
+import math
+import os
+import re
+import shutil
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+# Bump whenever a drawing rule or constant below changes: it keys the cache folders.
+GENERATOR_VERSION = 1
+
+CLASSES = ("ellipse", "rectangle", "triangle", "star", "cross",
+           "ring", "crescent", "hexagon", "L-shape")
+SPLITS = ("train", "val")
+SMALL_AREA, LARGE_AREA = 32 ** 2, 96 ** 2  # COCOeval's area ranges, absolute pixels
+
+SUPERSAMPLE = 4             # samples per pixel side in rasterize_polygons (small shapes)
+MAX_HIDDEN_FRACTION = 0.5   # no object is more than this much covered by later ones
+PLACEMENT_TRIES = 15        # positions tried per object before it is dropped
+P_LOW_CONTRAST = 0.2        # object colour 20-40 RGB units from its local background
+P_OBJECT_BLUR = 0.25        # object edges blurred, sigma 0.6-2 px (and <= 8% of its size)
+P_TWO_TONE = 0.15           # object filled with stripes of two colours
+P_IMAGE_BLUR = 0.15         # whole image blurred, sigma 0.5-1.2 px
+MAX_NOISE_SIGMA = 10.0      # per-image Gaussian pixel noise, sigma uniform in [0, this]
+
+
+# ----------------------------------------------------------------------------- shapes
+def _rotation(angle):
+    c, s = math.cos(angle), math.sin(angle)
+    return np.array([[c, -s], [s, c]])
+
+
+def _ellipse(ratio, n=128):
+    t = 2 * np.pi * np.arange(n) / n
+    return np.stack([np.cos(t), ratio * np.sin(t)], axis=1)
+
+
+def _crescent(rng, n=64):
+    """Unit circle minus a circle of radius rb centred at (d, 0), as one polygon."""
+    rb, d = rng.uniform(0.75, 0.95), rng.uniform(0.35, 0.6)
+    xi = (d * d + 1 - rb * rb) / (2 * d)            # the circles meet at (xi, +-yi)
+    theta = math.atan2(math.sqrt(1 - xi * xi), xi)
+    phi = math.atan2(math.sqrt(1 - xi * xi), xi - d)
+    outer = np.linspace(theta, 2 * np.pi - theta, n)  # far side of the unit circle
+    inner = np.linspace(2 * np.pi - phi, phi, n)[1:-1]  # near side of the cut-out
+    return np.concatenate([np.stack([np.cos(outer), np.sin(outer)], 1),
+                           np.stack([d + rb * np.cos(inner), rb * np.sin(inner)], 1)])
+
+
+def _unit_shape(name, rng):
+    """Outline (N, 2) and holes of one ``name`` shape, unrotated; random proportions."""
+    holes = []
+    if name == "ellipse":
+        outline = _ellipse(rng.uniform(0.55, 1.0))
+    elif name == "rectangle":
+        h = rng.uniform(0.45, 1.0)
+        outline = np.array([[-1, -h], [1, -h], [1, h], [-1, h]])
+    elif name == "triangle":
+        t = np.deg2rad(90 + np.array([0, 120, 240]) + rng.uniform(-20, 20, 3))
+        outline = np.stack([np.cos(t), np.sin(t)], 1) * rng.uniform(0.8, 1.0, (3, 1))
+    elif name == "star":
+        t = np.pi / 2 + np.pi * np.arange(10) / 5
+        r = np.where(np.arange(10) % 2 == 0, 1.0, rng.uniform(0.38, 0.55))
+        outline = np.stack([np.cos(t), np.sin(t)], 1) * r[:, None]
+    elif name == "cross":
+        a = rng.uniform(0.25, 0.4)
+        outline = np.array([[-a, -1], [a, -1], [a, -a], [1, -a], [1, a], [a, a],
+                            [a, 1], [-a, 1], [-a, a], [-1, a], [-1, -a], [-a, -a]])
+    elif name == "ring":
+        outline = _ellipse(rng.uniform(0.8, 1.0))
+        holes = [outline * rng.uniform(0.45, 0.7)]
+    elif name == "crescent":
+        outline = _crescent(rng)
+    elif name == "hexagon":
+        t = 2 * np.pi * np.arange(6) / 6
+        outline = np.stack([np.cos(t), rng.uniform(0.85, 1.0) * np.sin(t)], 1)
+    elif name == "L-shape":
+        t, length = rng.uniform(0.3, 0.5), rng.uniform(0.6, 1.0)
+        outline = np.array([[0, 0], [1, 0], [1, t], [t, t], [t, length], [0, length]])
+    else:
+        raise ValueError(f"unknown shape {name!r}; known shapes: {', '.join(CLASSES)}")
+    return outline, holes
+
+
+def shape_polygons(name, size, angle, rng, flip=False):
+    """Polygons of one shape centred on its box at (0, 0): ``[outline, *holes]``.
+
+    size: side in pixels of the unrotated shape's bounding square (its longer side);
+    angle: rotation in radians; flip: mirror in x first. Each polygon is (N, 2) float64
+    (x, y) in pixels. The shape is the even-odd fill of the polygons, and its box is the
+    outline's extent.
+    """
+    outline, holes = _unit_shape(name, rng)
+    lo, hi = outline.min(0), outline.max(0)
+    centre, half = (lo + hi) / 2, (hi - lo).max() / 2
+    rot = _rotation(angle) * (size / 2 / half)
+    mirror = np.array([-1.0, 1.0]) if flip else np.ones(2)
+    polygons = [((p - centre) * mirror) @ rot.T for p in [outline, *holes]]
+    box_centre = (polygons[0].min(0) + polygons[0].max(0)) / 2
+    return [p - box_centre for p in polygons]
+
+
+def rasterize_polygons(polygons, x0, y0, width, height, supersample=SUPERSAMPLE):
+    """Anti-aliased even-odd coverage of ``polygons`` over a window of pixels.
+
+    polygons: list of (N, 2) (x, y) in absolute continuous pixel coordinates; the window is
+    pixels [x0, x0 + width) x [y0, y0 + height). Returns (height, width) float32 in [0, 1]:
+    the fraction of each pixel's supersample centres inside the polygons. We do not use
+    ``ImageDraw.polygon``: Pillow rounds vertices to whole pixels and fills the edge pixels
+    on both sides, dilating a shape by half a (supersampled) pixel, so its box would not be
+    the drawn extent.
+    """
+    s = supersample
+    rows, cols = height * s, width * s
+    yc = y0 + (np.arange(rows) + 0.5) / s                     # centres of the sample rows
+    toggles = []
+    for p in polygons:
+        q = np.roll(p, -1, axis=0)                             # edge p[e] -> q[e]
+        lo, hi = np.minimum(p[:, 1], q[:, 1]), np.maximum(p[:, 1], q[:, 1])
+        r, e = np.nonzero((lo <= yc[:, None]) & (yc[:, None] < hi))  # half-open crossings
+        t = (yc[r] - p[e, 1]) / (q[e, 1] - p[e, 1])
+        x = p[e, 0] + t * (q[e, 0] - p[e, 0])
+        k = np.clip(np.ceil((x - x0) * s - 0.5), 0, cols).astype(np.int64)  # first centre right of x
+        toggles.append(r * (cols + 1) + k)
+    # uint8 throughout (wrapping keeps parity; <= 16 samples a pixel), and the samples of a
+    # pixel summed by strided slices: together ~10x faster than int64 and reshape().mean()
+    counts = np.bincount(np.concatenate(toggles), minlength=rows * (cols + 1)).astype(np.uint8)
+    inside = np.cumsum(counts.reshape(rows, cols + 1)[:, :cols], axis=1, dtype=np.uint8) & 1
+    samples = sum(inside[j::s] for j in range(s))             # (height, cols)
+    samples = sum(samples[:, j::s] for j in range(s))         # (height, width)
+    return samples * np.float32(1 / (s * s))
+
+
+@dataclass(frozen=True)
+class RenderedShape:
+    """A shape rasterised into a window of the image.
+
+    alpha: (h, w) float32 coverage in [0, 1] of pixels [x0, x0 + w) x [y0, y0 + h);
+    box: (4,) float64 xyxy absolute pixels, the exact extent of the outline polygon.
+    """
+    alpha: np.ndarray
+    x0: int
+    y0: int
+    box: np.ndarray
+
+
+def render_shape(polygons, offset, height, width, margin=1):
+    """Rasterise ``shape_polygons`` output translated by ``offset`` (x, y) into an image of
+    ``height`` x ``width``; the window is the box grown by ``margin`` pixels, clipped.
+    Windows over 128 px a side are sampled 2 x 2 per pixel instead of 4 x 4: a quarter of
+    the time, and edges of a > 128 px shape need no finer steps than half a pixel."""
+    polygons = [p + np.asarray(offset, dtype=np.float64) for p in polygons]
+    box = np.concatenate([polygons[0].min(0), polygons[0].max(0)])
+    x0 = max(0, math.floor(box[0]) - margin)
+    y0 = max(0, math.floor(box[1]) - margin)
+    x1 = max(x0 + 1, min(width, math.ceil(box[2]) + margin))
+    y1 = max(y0 + 1, min(height, math.ceil(box[3]) + margin))
+    supersample = SUPERSAMPLE if max(x1 - x0, y1 - y0) <= 128 else SUPERSAMPLE // 2
+    alpha = rasterize_polygons(polygons, x0, y0, x1 - x0, y1 - y0, supersample)
+    return RenderedShape(alpha, x0, y0, box)
+
+
+# ------------------------------------------------------------------------ one image
+def _gaussian_blur(a, sigma):
+    """Separable Gaussian blur of (h, w) or (h, w, c) float32 over the first two axes."""
+    r = max(1, math.ceil(3 * sigma))
+    kernel = np.exp(-np.arange(-r, r + 1) ** 2 / (2 * sigma ** 2)).astype(np.float32)
+    kernel /= kernel.sum()
+    for axis in (0, 1):
+        pad = [(0, 0)] * a.ndim
+        pad[axis] = (r, r)
+        padded, n = np.pad(a, pad, mode="edge"), a.shape[axis]
+        a = sum(w * padded.take(np.arange(i, i + n), axis=axis) for i, w in enumerate(kernel))
+    return a
+
+
+def _smooth_noise(rng, height, width, cells, amplitude):
+    """(height, width, 3) float32 colour noise, smoothly interpolated from a coarse grid."""
+    gh = max(1, round(cells * height / max(height, width)))
+    gw = max(1, round(cells * width / max(height, width)))
+    grid = rng.normal(0.0, amplitude, (gh + 1, gw + 1, 3)).astype(np.float32)
+
+    def lerp(a, n, g, axis):  # smoothstep interpolation along one axis: no grid lines
+        f = (np.arange(n) + 0.5) / n * g
+        i = np.minimum(f.astype(np.int64), g - 1)
+        t = (f - i).astype(np.float32)
+        t = np.expand_dims(t * t * (3 - 2 * t), [d for d in range(3) if d != axis])
+        return a.take(i, axis=axis) + (a.take(i + 1, axis=axis) - a.take(i, axis=axis)) * t
+    return lerp(lerp(grid, width, gw, axis=1), height, gh, axis=0)
+
+
+def _paint(canvas, shape, fill, alpha=None):
+    """Alpha-composite ``fill`` ((3,) or (h, w, 3)) over the shape's window, in place."""
+    a = (shape.alpha if alpha is None else alpha)[..., None]
+    h, w = shape.alpha.shape
+    window = canvas[shape.y0:shape.y0 + h, shape.x0:shape.x0 + w]
+    window += a * (fill - window)
+
+
+def _background(rng, height, width):
+    """(height, width, 3) float32: gradient, blobs, stripes, checks and clutter."""
+    yy = (np.arange(height, dtype=np.float32) + 0.5)[:, None]
+    xx = (np.arange(width, dtype=np.float32) + 0.5)[None, :]
+
+    def along(angle):
+        return xx * math.cos(angle) + yy * math.sin(angle)
+    u = along(rng.uniform(0, 2 * np.pi))
+    u = (u - u.min()) / max(float(u.max() - u.min()), 1e-6)
+    c0, c1 = rng.uniform(0, 255, (2, 3)).astype(np.float32)
+    img = c0 + (c1 - c0) * u[..., None]
+    if rng.random() < 0.6:   # large colour blobs
+        img += _smooth_noise(rng, height, width, rng.integers(2, 8), rng.uniform(15, 60))
+    if rng.random() < 0.35:  # stripes, sinusoidal or square
+        wave = np.sin(2 * np.pi * along(rng.uniform(0, np.pi)) / rng.uniform(4, 40) + rng.uniform(0, 6.3))
+        wave = np.sign(wave) if rng.random() < 0.5 else wave
+        tint = rng.normal(size=3)
+        img += wave[..., None] * (tint / np.linalg.norm(tint) * rng.uniform(10, 50)).astype(np.float32)
+    if rng.random() < 0.25:  # rotated checkerboard
+        angle, cell = rng.uniform(0, np.pi), rng.uniform(4, 24)
+        check = np.sign(np.sin(np.pi * along(angle) / cell) * np.sin(np.pi * along(angle + np.pi / 2) / cell))
+        img += check[..., None] * np.float32(rng.uniform(8, 35))
+    if rng.random() < 0.3:   # fine texture
+        img += _smooth_noise(rng, height, width, max(height, width) // rng.integers(2, 6), rng.uniform(5, 25))
+    for _ in range(rng.integers(0, 7)):  # clutter: line segments
+        length, thick = rng.uniform(10, 0.5 * max(height, width)), rng.uniform(1, 3)
+        bar = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * [length / 2, thick / 2]
+        bar = bar @ _rotation(rng.uniform(0, np.pi)).T
+        shape = render_shape([bar], rng.uniform(0, 1, 2) * [width, height], height, width)
+        _paint(img, shape, rng.uniform(0, 255, 3).astype(np.float32))
+    for _ in range(rng.integers(0, 4)):  # clutter: irregular blobs that are no class
+        t = 2 * np.pi * np.arange(96) / 96
+        r = 1 + sum(rng.uniform(0.1, 0.3) * np.cos(k * t + rng.uniform(0, 6.3)) for k in (3, 4, 5, 6))
+        blob = [np.stack([np.cos(t), np.sin(t)], 1) * r[:, None] * rng.uniform(5, 40)]
+        shape = render_shape(blob, rng.uniform(0, 1, 2) * [width, height], height, width)
+        _paint(img, shape, rng.uniform(0, 255, 3).astype(np.float32))
+    return img
+
+
+def _object_colour(rng, background):
+    """A fill colour far from ``background`` (3,), or close to it for low-contrast objects."""
+    if rng.random() < P_LOW_CONTRAST:
+        direction = rng.normal(size=3)
+        delta = direction / np.linalg.norm(direction) * rng.uniform(20, 40)
+        colour = np.clip(background + delta, 0, 255)
+        if np.linalg.norm(colour - background) < 0.5 * np.linalg.norm(delta):
+            colour = np.clip(background - delta, 0, 255)  # clipped at white/black: go the other way
+        return colour
+    for _ in range(20):
+        colour = rng.uniform(0, 255, 3)
+        if np.linalg.norm(colour - background) >= 80:
+            break
+    return colour
+
+
+def render_image(rng, height=320, width=320, num_classes=len(CLASSES), max_objects=10,
+                 empty_fraction=0.05, min_object_size=10.0, max_object_fraction=0.7):
+    """Draw one image with ``rng`` (np.random.Generator).
+
+    Returns (image (height, width, 3) uint8 RGB, boxes (K, 4) float64 xyxy absolute pixels,
+    labels (K,) int64 indices into ``CLASSES``), K <= max_objects. Object sides are
+    log-uniform in [min_object_size, max_object_fraction * min(height, width)]. A box is
+    the exact extent of its object's outline: also where later objects occlude it (at most
+    MAX_HIDDEN_FRACTION of it), and where the object's edges are blurred.
+    """
+    canvas = _background(rng, height, width)
+    owner = np.full((height, width), -1, dtype=np.int64)  # topmost object at each pixel
+    boxes, labels = [], []
+    areas = visible = np.zeros(0, dtype=np.int64)  # solid pixels of each object: drawn, still visible
+    num_objects = 0 if rng.random() < empty_fraction else int(rng.integers(1, max_objects + 1))
+    log_sizes = math.log(min_object_size), math.log(max_object_fraction * min(height, width))
+    for _ in range(num_objects):
+        label = int(rng.integers(num_classes))
+        size = math.exp(rng.uniform(*log_sizes))
+        polygons = shape_polygons(CLASSES[label], size, rng.uniform(0, 2 * np.pi), rng, rng.random() < 0.5)
+        half = polygons[0].max(0)  # box is centred on 0: half its width and height
+        fit = min(1.0, 0.49 * width / half[0], 0.49 * height / half[1])
+        polygons, half = [p * fit for p in polygons], half * fit
+        # blur sigma at most 8% of the size: a 10 px object stays recognisable
+        blur = min(rng.uniform(0.6, 2.0), 0.08 * size) if rng.random() < P_OBJECT_BLUR else 0.0
+        for _ in range(PLACEMENT_TRIES):
+            centre = rng.uniform(half, [width - half[0], height - half[1]])
+            shape = render_shape(polygons, centre, height, width, margin=1 + math.ceil(3 * blur))
+            solid = shape.alpha >= 0.5
+            h, w = solid.shape
+            covered = owner[shape.y0:shape.y0 + h, shape.x0:shape.x0 + w][solid]
+            lost = np.bincount(covered + 1, minlength=len(boxes) + 1)[1:]
+            if solid.any() and np.all(visible - lost >= (1 - MAX_HIDDEN_FRACTION) * areas):
+                break
+        else:
+            continue  # no position keeps every earlier object half visible: drop this one
+        window = canvas[shape.y0:shape.y0 + h, shape.x0:shape.x0 + w]
+        colour = _object_colour(rng, window[solid].mean(0)).astype(np.float32)
+        # shading along a random direction, and sometimes stripes of a second colour
+        yy = (np.arange(h) + shape.y0 + 0.5 - centre[1])[:, None] / (size / 2)
+        xx = (np.arange(w) + shape.x0 + 0.5 - centre[0])[None, :] / (size / 2)
+        a = rng.uniform(0, 2 * np.pi)
+        u = (xx * math.cos(a) + yy * math.sin(a)).astype(np.float32)
+        fill = colour + (u * np.float32(rng.uniform(0, 30)))[..., None]
+        if rng.random() < P_TWO_TONE:
+            second = np.clip(colour + rng.normal(0, 60, 3), 0, 255).astype(np.float32)
+            stripes = np.sin(u * np.float32(np.pi * rng.uniform(2, 5))) > 0
+            fill = np.where(stripes[..., None], fill, second)
+        _paint(canvas, shape, fill, _gaussian_blur(shape.alpha, blur) if blur else None)
+        owner[shape.y0:shape.y0 + h, shape.x0:shape.x0 + w][solid] = len(boxes)
+        areas, visible = np.append(areas, solid.sum()), np.append(visible - lost, solid.sum())
+        boxes.append(shape.box)
+        labels.append(label)
+    if rng.random() < P_IMAGE_BLUR:
+        canvas = _gaussian_blur(canvas, rng.uniform(0.5, 1.2))
+    canvas += rng.standard_normal(canvas.shape, dtype=np.float32) * np.float32(rng.uniform(0, MAX_NOISE_SIGMA))
+    image = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+    return image, np.array(boxes, dtype=np.float64).reshape(-1, 4), np.array(labels, dtype=np.int64)
+
+
+# ------------------------------------------------------------------ the COCO dataset
+def synthetic_settings(**overrides):
+    """The full, validated settings of ``generate_synthetic_coco``: its defaults updated by
+    ``overrides``. Raises TypeError on an unknown key, ValueError on a bad value."""
+    names = list(DEFAULT_SETTINGS)
+    for key in overrides:
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=3)
+            raise TypeError(f"unknown synthetic dataset setting {key!r}"
+                            + (f"; did you mean {', '.join(close)}?" if close else f"; valid: {', '.join(names)}"))
+    s = DEFAULT_SETTINGS | overrides
+    s["num_classes"] = len(CLASSES) if s["num_classes"] is None else s["num_classes"]
+    try:
+        height, width = (int(v) for v in s["image_size"])
+    except (TypeError, ValueError):
+        raise ValueError(f"image_size must be (height, width), got {s['image_size']!r}") from None
+    s["image_size"] = [height, width]  # a list, as it reads back from JSON
+    for key in ("num_train", "num_val", "seed", "num_classes", "max_objects"):
+        if isinstance(s[key], bool) or int(s[key]) != s[key] or s[key] < 0:
+            raise ValueError(f"{key} must be a non-negative integer, got {s[key]!r}")
+        s[key] = int(s[key])
+    for key in ("empty_fraction", "min_object_size", "max_object_fraction"):
+        s[key] = float(s[key])
+    if not 1 <= s["num_classes"] <= len(CLASSES):
+        raise ValueError(f"num_classes must be in [1, {len(CLASSES)}], got {s['num_classes']}")
+    if min(height, width) < 32 or s["max_objects"] < 1 or not 0 <= s["empty_fraction"] <= 1:
+        raise ValueError(f"need image sides >= 32, max_objects >= 1 (empty_fraction=1 for no objects) "
+                         f"and empty_fraction in [0, 1], got {s}")
+    if not 4 <= s["min_object_size"] < s["max_object_fraction"] * min(height, width):
+        raise ValueError(f"need 4 <= min_object_size < max_object_fraction * min(image_size), got {s}")
+    return s
+
+
+def generate_synthetic_coco(out_dir, num_train=2000, num_val=300, image_size=(320, 320), seed=0,
+                            num_classes=None, max_objects=10, empty_fraction=0.05,
+                            min_object_size=10.0, max_object_fraction=0.7, progress=True):
+    """Write the synthetic dataset under ``out_dir`` (must be absent or empty).
+
+    image_size: (height, width); num_classes: the first ``num_classes`` of ``CLASSES``
+    (None: all). Returns ``{"root": Path, "train": {"img_dir": Path, "ann_file": Path},
+    "val": {...}}``. COCO ids start at 1; boxes are [x, y, w, h] floats, area = w * h.
+    """
+    s = synthetic_settings(num_train=num_train, num_val=num_val, image_size=image_size, seed=seed,
+                           num_classes=num_classes, max_objects=max_objects, empty_fraction=empty_fraction,
+                           min_object_size=min_object_size, max_object_fraction=max_object_fraction)
+    root = Path(out_dir)
+    if root.exists() and any(root.iterdir()):
+        raise FileExistsError(f"{root} is not empty; choose a new folder or delete it first")
+    height, width = s["image_size"]
+    draw = {k: s[k] for k in ("num_classes", "max_objects", "empty_fraction",
+                              "min_object_size", "max_object_fraction")}
+    categories = [{"id": i + 1, "name": n, "supercategory": "shape"}
+                  for i, n in enumerate(CLASSES[:s["num_classes"]])]
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    paths = {"root": root}
+    # One thread encodes image i while image i + 1 is drawn (zlib releases the GIL): each
+    # file's bytes depend only on its own pixels, so this cannot change the output.
+    with ThreadPoolExecutor(max_workers=1) as writer, \
+            tqdm(total=s["num_train"] + s["num_val"], desc="synthetic COCO", unit="img",
+                 disable=not progress) as bar:
+        for split_index, split in enumerate(SPLITS):
+            img_dir, ann_file = root / split, root / "annotations" / f"instances_{split}.json"
+            img_dir.mkdir(exist_ok=True)
+            images, annotations, written = [], [], None
+            for i in range(s[f"num_{split}"]):
+                rng = np.random.default_rng((s["seed"], split_index, i))
+                image, boxes, labels = render_image(rng, height, width, **draw)
+                file_name = f"{i:06d}.png"
+                if written is not None:
+                    written.result()  # at most one image waits in memory; errors surface here
+                written = writer.submit(Image.fromarray(image).save, img_dir / file_name,
+                                        format="PNG", compress_level=1)
+                images.append({"id": i + 1, "file_name": file_name, "width": width, "height": height})
+                for box, label in zip(boxes.tolist(), labels.tolist()):
+                    x, y = round(box[0], 3), round(box[1], 3)
+                    w, h = round(box[2] - x, 3), round(box[3] - y, 3)
+                    annotations.append({"id": len(annotations) + 1, "image_id": i + 1,
+                                        "category_id": label + 1, "bbox": [x, y, w, h],
+                                        "area": round(w * h, 3), "iscrowd": 0})
+                bar.update()
+            if written is not None:
+                written.result()
+            info = {"description": "iadet synthetic shapes", "generator": "iadet.data.synthetic",
+                    "generator_version": GENERATOR_VERSION, "split": split, "seed": s["seed"], "settings": s}
+            coco = {"info": info, "licenses": [], "images": images,
+                    "annotations": annotations, "categories": categories}
+            ann_file.write_text(json.dumps(coco, separators=(",", ":")))
+            paths[split] = {"img_dir": img_dir, "ann_file": ann_file}
+    return paths
+
+
+# The settings of a dataset, with their defaults: generate_synthetic_coco's signature.
+DEFAULT_SETTINGS = {name: p.default for name, p in inspect.signature(generate_synthetic_coco).parameters.items()
+                    if name not in ("out_dir", "progress")}
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def ensure_synthetic_coco(cache_dir, progress=True, **settings):
+    """Path of a complete synthetic dataset for ``settings`` under ``cache_dir``, generating
+    it on first use.
+
+    The folder is ``cache_dir/synthetic_coco-<hash of settings and GENERATOR_VERSION>``. It
+    is generated into a temporary sibling ``.synthetic_coco-<hash>.tmp-<host>-<pid>`` and
+    renamed when complete, so a folder with the final name is always complete; temporary
+    folders left by dead processes on this host are deleted.
+    """
+    s = synthetic_settings(**settings)
+    record = json.dumps({"generator_version": GENERATOR_VERSION, "settings": s}, sort_keys=True)
+    name = f"synthetic_coco-{hashlib.sha256(record.encode()).hexdigest()[:16]}"
+    cache_dir = Path(cache_dir)
+    final, record_file = cache_dir / name, "synthetic_settings.json"
+    if not final.exists():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        host = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())
+        for stale in cache_dir.glob(f".{name}.tmp-{host}-*"):
+            pid = stale.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                shutil.rmtree(stale, ignore_errors=True)
+        tmp = cache_dir / f".{name}.tmp-{host}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            generate_synthetic_coco(tmp, progress=progress, **s)
+            (tmp / record_file).write_text(record)
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / record_file).exists():  # not a lost race with another process
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    found = final / record_file
+    if not found.exists() or found.read_text() != record:
+        raise RuntimeError(f"{final} exists but does not hold the synthetic dataset for {s}; delete it and retry")
+    return final
+
+
+def coco_summary(ann_file):
+    """Counts in a COCO annotation file: images, boxes, empty images, COCO size ranges (by
+    the ``area`` field, as COCOeval) and boxes per class name."""
+    coco = json.loads(Path(ann_file).read_text())
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    areas = [a["area"] for a in coco["annotations"]]
+    per_class = {n: 0 for n in names.values()}
+    for a in coco["annotations"]:
+        per_class[names[a["category_id"]]] += 1
+    return {"images": len(coco["images"]), "boxes": len(areas),
+            "empty_images": len(coco["images"]) - len({a["image_id"] for a in coco["annotations"]}),
+            "sizes": {"small": sum(a < SMALL_AREA for a in areas),
+                      "medium": sum(SMALL_AREA <= a < LARGE_AREA for a in areas),
+                      "large": sum(a >= LARGE_AREA for a in areas)},
+            "per_class": per_class}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Write the synthetic shapes dataset in COCO format.")
+    parser.add_argument("--out", required=True, help="output folder (must be absent or empty)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-train", type=int, default=2000)
+    parser.add_argument("--num-val", type=int, default=300)
+    parser.add_argument("--height", type=int, default=320)
+    parser.add_argument("--width", type=int, default=320)
+    parser.add_argument("--num-classes", type=int, default=None, help=f"first N of {len(CLASSES)} classes")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    paths = generate_synthetic_coco(args.out, num_train=args.num_train, num_val=args.num_val,
+                                    image_size=(args.height, args.width), seed=args.seed,
+                                    num_classes=args.num_classes)
+    print(f"wrote {paths['root']} in {time.perf_counter() - start:.1f} s")
+    for split in SPLITS:
+        info = coco_summary(paths[split]["ann_file"])
+        print(f"{split}: {info['images']} images ({info['empty_images']} empty), {info['boxes']} boxes, "
+              f"sizes {info['sizes']}\n  per class {info['per_class']}")
+
+
+if __name__ == "__main__":
+    main()
