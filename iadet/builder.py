@@ -62,3 +62,65 @@ def build_detector(cfg, class_names: Optional[Sequence[str]] = None) -> IoUAware
     return IoUAwareRetinaNet(backbone=backbone, neck=neck, head=head, anchor_generator=anchor_generator,
                              box_coder=box_coder, postprocessor=build_postprocessor(cfg, box_coder),
                              preprocessor=build_preprocessor(cfg), class_names=class_names)
+
+
+def build_transforms(cfg, train: bool, seed: Optional[int] = None):
+    """``cfg.input`` (+ ``cfg.data.flip_prob`` for training) -> a transform pipeline."""
+    from iadet.data.transforms import build_test_transforms, build_train_transforms
+
+    i = cfg.input
+    if train:
+        return build_train_transforms(min_size=i.min_size, max_size=i.max_size, flip_prob=cfg.data.flip_prob,
+                                      mean=i.mean, std=i.std, seed=seed)
+    return build_test_transforms(min_size=i.min_size, max_size=i.max_size, mean=i.mean, std=i.std)
+
+
+def synthetic_dataset_root(cfg):
+    """Generate the synthetic dataset of ``cfg.data.synthetic`` on first use; its root folder."""
+    from iadet.data.synthetic import ensure_synthetic_coco
+
+    s = cfg.data.synthetic
+    return ensure_synthetic_coco(s.cache_dir, num_train=s.num_train, num_val=s.num_val,
+                                 image_size=(s.height, s.width), seed=s.seed)
+
+
+def build_dataset(cfg, split: str = "train", train_transforms: Optional[bool] = None, seed: Optional[int] = None):
+    """``cfg.data.<split>`` -> a dataset of (image, target) pairs.
+
+    Args:
+        split: ``"train"`` or ``"val"``.
+        train_transforms: random flip etc. (default: True for ``"train"``).
+    Raises:
+        ConfigError naming ``model.num_classes`` when it disagrees with the dataset.
+    """
+    from iadet.config import ConfigError
+    from iadet.data.coco import CocoDetection
+    from iadet.data.voc import VOCDetection
+
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    d = cfg.data
+    section = getattr(d, split)
+    train = split == "train" if train_transforms is None else train_transforms
+    transforms = build_transforms(cfg, train, seed=seed)
+    if section.type == "voc":
+        if not section.voc_root:
+            raise ConfigError("is not set: give the VOCdevkit folder", key=f"data.{split}.voc_root")
+        sources = [tuple(s.split("/")) for s in section.voc_sources]
+        dataset = VOCDetection(section.voc_root, sources=sources, transforms=transforms,
+                               keep_difficult=not train, skip_bad_images=d.skip_bad_images)
+    else:
+        if section.type == "synthetic":
+            root = synthetic_dataset_root(cfg)
+            ann_file, image_dir = root / "annotations" / f"instances_{split}.json", root / split
+        else:
+            for key in ("ann_file", "image_dir"):
+                if not getattr(section, key):
+                    raise ConfigError("is not set", key=f"data.{split}.{key}")
+            ann_file, image_dir = section.ann_file, section.image_dir
+        dataset = CocoDetection(ann_file, image_dir, transforms=transforms, crowd=d.crowd,
+                                filter_empty=d.filter_empty and train, skip_bad_images=d.skip_bad_images)
+    if dataset.num_classes != cfg.model.num_classes:
+        raise ConfigError(f"is {cfg.model.num_classes} but the {split} dataset has {dataset.num_classes} "
+                          f"classes; set model.num_classes={dataset.num_classes}", key="model.num_classes")
+    return dataset

@@ -14,15 +14,18 @@ from .schema import (
     BoxCoderConfig,
     Config,
     ConfigError,
+    DataConfig,
+    DatasetConfig,
     HeadConfig,
     InputConfig,
     ModelConfig,
     NeckConfig,
+    SyntheticConfig,
     TestConfig,
 )
 
 __all__ = [
-    "AnchorConfig", "BackboneConfig", "BoxCoderConfig", "Config", "ConfigError",
+    "AnchorConfig", "BackboneConfig", "BoxCoderConfig", "Config", "ConfigError", "DataConfig", "DatasetConfig", "SyntheticConfig",
     "HeadConfig", "InputConfig", "ModelConfig", "NeckConfig", "TestConfig",
     "config_files", "config_to_dict", "dump_config", "load_config", "merge_opts",
 ]

@@ -188,6 +188,59 @@ class InputConfig:
 
 
 @dataclass
+class DatasetConfig:
+    """One split: a COCO-format JSON + image folder, a VOC devkit, or the synthetic set."""
+
+    type: Literal["coco", "voc", "synthetic"] = "coco"
+    ann_file: Optional[str] = None  # coco: annotation JSON
+    image_dir: Optional[str] = None  # coco: image folder
+    voc_root: Optional[str] = None  # voc: the VOCdevkit folder
+    voc_sources: list[str] = field(default_factory=lambda: ["2007/trainval", "2012/trainval"])
+
+    def __post_init__(self) -> None:
+        for source in self.voc_sources:
+            _check(isinstance(source, str) and source.count("/") == 1, "voc_sources",
+                   "entries look like '2007/trainval'", source)
+
+
+@dataclass
+class SyntheticConfig:
+    """The embedded synthetic shapes dataset (``iadet.data.synthetic``), generated on first use."""
+
+    cache_dir: str = "data/synthetic"
+    num_train: int = 2000
+    num_val: int = 300
+    height: int = 320
+    width: int = 320
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.num_train >= 0 and self.num_val >= 0, "num_train",
+               "split sizes must be >= 0", (self.num_train, self.num_val))
+        _check(min(self.height, self.width) >= 32, "height", "image sides must be >= 32",
+               (self.height, self.width))
+
+
+@dataclass
+class DataConfig:
+    """Datasets and how they are read (SPEC section 2)."""
+
+    # Paths come from configs/_base_/datasets/*.yaml; a section's defaults are the class's own.
+    train: DatasetConfig = field(default_factory=DatasetConfig)
+    val: DatasetConfig = field(default_factory=DatasetConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    crowd: Literal["drop", "ignore"] = "drop"  # authors drop crowd boxes in training
+    filter_empty: bool = False  # drop training images without objects
+    skip_bad_images: bool = False  # skip (with a warning) instead of stopping on a bad image
+    flip_prob: float = 0.5
+    num_workers: int = 2
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.flip_prob <= 1.0, "flip_prob", "must be in [0, 1]", self.flip_prob)
+        _check(self.num_workers >= 0, "num_workers", "must be >= 0", self.num_workers)
+
+
+@dataclass
 class Config:
     """Root of an iadet configuration. ``Config()`` is the paper's IoU-aware RetinaNet R50.
 
@@ -197,3 +250,4 @@ class Config:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     input: InputConfig = field(default_factory=InputConfig)
+    data: DataConfig = field(default_factory=DataConfig)

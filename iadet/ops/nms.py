@@ -51,9 +51,11 @@ synchronisation per box.
 import torch
 from torch import Tensor
 
-# Boxes per group per step: larger blocks mean fewer Python steps but a larger dense
-# (groups, block, block) IoU per step; see scripts/bench_nms.py.
-DEFAULT_BLOCK_SIZE = 64
+# Boxes per group per step: the largest of BLOCK_SIZES whose dense within-block IoU
+# (sum over groups of min(group size, block)**2) stays under BLOCK_IOU_ELEMENTS. Larger
+# blocks mean fewer Python steps but more IoU work per box; tuned with scripts/bench_nms.py.
+BLOCK_SIZES = (64, 128, 256)
+BLOCK_IOU_ELEMENTS = 1 << 16
 # Upper bound on the number of IoU values materialised at once (bounds peak memory).
 MAX_IOU_ELEMENTS = 1 << 22
 # Padding elements that cost about as much as the Python overhead of one more chunk.
@@ -74,7 +76,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
         ``boxes.device``.
     """
     _check_inputs(boxes, scores, None)
-    return _greedy_nms(boxes, scores, None, iou_threshold, DEFAULT_BLOCK_SIZE)
+    return _greedy_nms(boxes, scores, None, iou_threshold)
 
 
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
@@ -93,7 +95,7 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
         decreasing score, on ``boxes.device``.
     """
     _check_inputs(boxes, scores, idxs)
-    return _greedy_nms(boxes, scores, idxs, iou_threshold, DEFAULT_BLOCK_SIZE)
+    return _greedy_nms(boxes, scores, idxs, iou_threshold)
 
 
 def _check_inputs(boxes: Tensor, scores: Tensor, idxs) -> None:
@@ -123,8 +125,11 @@ def _suppression_threshold(iou_threshold: float, dtype: torch.dtype):
 
 
 def _greedy_nms(boxes: Tensor, scores: Tensor, idxs, iou_threshold: float,
-                block_size: int) -> Tensor:
-    """Shared implementation of :func:`nms` (``idxs=None``) and :func:`batched_nms`."""
+                block_size=None) -> Tensor:
+    """Shared implementation of :func:`nms` (``idxs=None``) and :func:`batched_nms`.
+
+    ``block_size=None`` picks it from the group sizes (:func:`_choose_block_size`).
+    """
     device = boxes.device
     num_boxes = boxes.shape[0]
     if num_boxes == 0:
@@ -151,6 +156,8 @@ def _greedy_nms(boxes: Tensor, scores: Tensor, idxs, iou_threshold: float,
     group_sizes, size_order = torch.sort(group_sizes, descending=True, stable=True)
     group_starts = group_starts[size_order]
     group_sizes_host = group_sizes.tolist()
+    if block_size is None:
+        block_size = _choose_block_size(group_sizes_host)
     # (5, N + 1) coordinate planes x1, y1, x2, y2, area of the sorted boxes; column N is the
     # NaN padding box. Area is the kernel's (x2 - x1) * (y2 - y1).
     sorted_boxes = boxes[sorted_to_input]
@@ -180,6 +187,15 @@ def _greedy_nms(boxes: Tensor, scores: Tensor, idxs, iou_threshold: float,
     keep_mask = torch.zeros(num_boxes, dtype=torch.bool, device=device)
     keep_mask[sorted_to_input[torch.cat(kept_positions)]] = True
     return score_order[keep_mask[score_order]]
+
+
+def _choose_block_size(group_sizes):
+    """Largest of ``BLOCK_SIZES`` whose first step stays under ``BLOCK_IOU_ELEMENTS``."""
+    chosen = BLOCK_SIZES[0]
+    for block_size in BLOCK_SIZES[1:]:
+        if sum(min(size, block_size) ** 2 for size in group_sizes) <= BLOCK_IOU_ELEMENTS:
+            chosen = block_size
+    return chosen
 
 
 def _chunk_groups(widths):
