@@ -14,12 +14,15 @@ torchvision.ops.nms (what iadet computes) and reported as such.
 """
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torchvision
 
-from iadet.ops.nms import batched_nms
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from iadet.ops.nms import batched_nms  # noqa: E402
 
 
 def clustered_detections(num_boxes: int, num_classes: int, generator: torch.Generator,

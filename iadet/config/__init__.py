@@ -10,6 +10,7 @@ Nothing outside the model/data builders should read the config (STYLE.md habit 1
 from .loader import config_files, config_to_dict, dump_config, load_config, merge_opts
 from .schema import (
     AnchorConfig,
+    AssignerConfig,
     BackboneConfig,
     BoxCoderConfig,
     Config,
@@ -18,14 +19,16 @@ from .schema import (
     DatasetConfig,
     HeadConfig,
     InputConfig,
+    LossConfig,
     ModelConfig,
     NeckConfig,
     SyntheticConfig,
     TestConfig,
+    TrainConfig,
 )
 
 __all__ = [
-    "AnchorConfig", "BackboneConfig", "BoxCoderConfig", "Config", "ConfigError", "DataConfig", "DatasetConfig", "SyntheticConfig",
+    "AnchorConfig", "AssignerConfig", "LossConfig", "TrainConfig", "BackboneConfig", "BoxCoderConfig", "Config", "ConfigError", "DataConfig", "DatasetConfig", "SyntheticConfig",
     "HeadConfig", "InputConfig", "ModelConfig", "NeckConfig", "TestConfig",
     "config_files", "config_to_dict", "dump_config", "load_config", "merge_opts",
 ]

@@ -155,6 +155,45 @@ class TestConfig:
 
 
 @dataclass
+class AssignerConfig:
+    """Max-IoU anchor assignment (SPEC section 2)."""
+
+    pos_iou_thr: float = 0.5
+    neg_iou_thr: float = 0.4
+    min_pos_iou: float = 0.0
+    # gt: each ground truth claims the anchors of its highest IoU (authors, MMDetection);
+    # torchvision: those anchors go to their own best ground truth; none: no such rule.
+    low_quality: Literal["gt", "torchvision", "none"] = "gt"
+    ignore_iof_thr: float = 0.5  # anchors inside crowd boxes (data.crowd: ignore)
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.neg_iou_thr <= self.pos_iou_thr <= 1.0, "neg_iou_thr",
+               "need 0 <= neg_iou_thr <= pos_iou_thr <= 1", (self.neg_iou_thr, self.pos_iou_thr))
+
+
+@dataclass
+class LossConfig:
+    """Eq. 1-6: focal classification, smooth L1 regression, BCE IoU loss on positives."""
+
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    reg_loss: Literal["smooth_l1", "l1", "giou"] = "smooth_l1"
+    smooth_l1_beta: float = 0.11
+    iou_loss: Literal["bce", "l2"] = "bce"  # Table 2
+    iou_loss_weight: float = 1.0
+    # false: the IoU target is detached (paper's plain rows); true: the "dagger" rows, the IoU
+    # loss's gradient flows through the target IoU into the regression branch (Eq. 5).
+    iou_target_grad: bool = False
+    normalize: Literal["batch", "image"] = "batch"  # image: torchvision's per-image mean
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.focal_alpha <= 1.0, "focal_alpha", "must be in [0, 1]", self.focal_alpha)
+        _check(self.focal_gamma >= 0 and self.smooth_l1_beta >= 0 and self.iou_loss_weight >= 0,
+               "focal_gamma", "focal_gamma, smooth_l1_beta and iou_loss_weight must be >= 0",
+               (self.focal_gamma, self.smooth_l1_beta, self.iou_loss_weight))
+
+
+@dataclass
 class ModelConfig:
     """Everything ``build_model`` needs; ``num_classes`` counts foreground classes."""
 
@@ -165,6 +204,8 @@ class ModelConfig:
     head: HeadConfig = field(default_factory=HeadConfig)
     box_coder: BoxCoderConfig = field(default_factory=BoxCoderConfig)
     test: TestConfig = field(default_factory=TestConfig)
+    assigner: AssignerConfig = field(default_factory=AssignerConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
 
     def __post_init__(self) -> None:
         _check_positive(self, "num_classes")
@@ -241,6 +282,47 @@ class DataConfig:
 
 
 @dataclass
+class TrainConfig:
+    """Optimisation (SPEC section 2): SGD, lr 0.01 per 16 images, warm-up, steps, 12 epochs."""
+
+    optimizer: Literal["SGD", "AdamW"] = "SGD"
+    lr: float = 0.01  # for base_batch_size images; scaled linearly to the real total batch
+    base_batch_size: int = 16
+    scale_lr: bool = True  # linear scaling rule
+    momentum: float = 0.9
+    weight_decay: float = 1.0e-4
+    batch_size: int = 4  # images per process (GPU); the total batch is batch_size * world size
+    epochs: int = 12
+    max_iters: Optional[int] = None  # iteration-based schedule: lr_steps are then iterations
+    lr_steps: list[int] = field(default_factory=lambda: [8, 11])  # epochs (or iterations)
+    lr_gamma: float = 0.1
+    warmup_iters: int = 500
+    warmup_ratio: float = 0.3333333333333333  # the warm-up starts at lr * warmup_ratio
+    grad_clip: Optional[float] = 35.0  # max L2 norm of all gradients; null: no clipping
+    amp: Literal["off", "bf16", "fp16"] = "off"
+    sync_bn: bool = False  # convert trainable BatchNorm to SyncBatchNorm under DDP
+    seed: int = 0
+    eval_interval: int = 1  # evaluate every N epochs (0: only at the end)
+    checkpoint_interval: int = 0  # also checkpoint every N iterations (0: per epoch only)
+    log_interval: int = 20
+    work_dir: Optional[str] = None  # default work_dirs/<config name>
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, "lr", "must be positive", self.lr)
+        _check_positive(self, "base_batch_size", "batch_size", "epochs", "log_interval")
+        _check(self.max_iters is None or self.max_iters > 0, "max_iters", "must be positive or null",
+               self.max_iters)
+        _check(self.weight_decay >= 0 and self.momentum >= 0, "weight_decay",
+               "weight_decay and momentum must be >= 0", (self.weight_decay, self.momentum))
+        _check(self.warmup_iters >= 0 and 0 < self.warmup_ratio <= 1, "warmup_ratio",
+               "need warmup_iters >= 0 and 0 < warmup_ratio <= 1", (self.warmup_iters, self.warmup_ratio))
+        _check(self.grad_clip is None or self.grad_clip > 0, "grad_clip", "must be positive or null",
+               self.grad_clip)
+        _check(self.eval_interval >= 0 and self.checkpoint_interval >= 0, "eval_interval",
+               "eval_interval and checkpoint_interval must be >= 0", (self.eval_interval, self.checkpoint_interval))
+
+
+@dataclass
 class Config:
     """Root of an iadet configuration. ``Config()`` is the paper's IoU-aware RetinaNet R50.
 
@@ -251,3 +333,4 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     input: InputConfig = field(default_factory=InputConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)

@@ -14,7 +14,7 @@ returned as ``target["ignore_boxes"]``; with ``keep_difficult=True`` (evaluation
 :meth:`VOCDetection.to_coco_dict` turns the ground truth into COCO format with difficult
 objects as ``iscrowd=1``, so COCO-style AP (SPEC §2, Table 5) ignores them.
 
-The target format is that of :mod:`iadet.data.coco`; ``image_id`` is the image's index in
+The target format is that of :mod:`iadet.data.dataset`; ``image_id`` is the image's index in
 the (concatenated) dataset and ``file_name`` is relative to the VOCdevkit folder
 (``VOC2007/JPEGImages/000005.jpg``).
 """
@@ -25,7 +25,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from iadet.data.coco import DetectionDataset, ImageRecord, clip_and_filter_boxes, describe_ids, \
+from iadet.data.dataset import DetectionDataset, ImageRecord, clip_and_filter_boxes, describe_ids, \
     image_size_from_header
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

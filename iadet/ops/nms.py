@@ -181,7 +181,8 @@ def _greedy_nms(boxes: Tensor, scores: Tensor, idxs, iou_threshold: float,
             block = planes[:, positions]
             alive = valid & ~kept.overlaps(groups, block, threshold)
             keep = _resolve_block(block, alive, threshold)
-            kept.append(groups, block, keep)
+            if group_sizes_host[chunk_start] > first_rank + block_size:  # a later step needs them
+                kept.append(groups, block, keep)
             kept_positions.append(positions[keep])
 
     keep_mask = torch.zeros(num_boxes, dtype=torch.bool, device=device)
