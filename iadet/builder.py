@@ -124,3 +124,45 @@ def build_dataset(cfg, split: str = "train", train_transforms: Optional[bool] = 
         raise ConfigError(f"is {cfg.model.num_classes} but the {split} dataset has {dataset.num_classes} "
                           f"classes; set model.num_classes={dataset.num_classes}", key="model.num_classes")
     return dataset
+
+
+def build_criterion(cfg):
+    """``cfg.model.assigner`` and ``cfg.model.loss`` -> the training losses (Eq. 1-6)."""
+    from iadet.models.assigner import MaxIoUAssigner
+    from iadet.models.criterion import RetinaNetCriterion
+
+    a, l = cfg.model.assigner, cfg.model.loss
+    assigner = MaxIoUAssigner(pos_iou_thr=a.pos_iou_thr, neg_iou_thr=a.neg_iou_thr, min_pos_iou=a.min_pos_iou,
+                              low_quality=a.low_quality, ignore_iof_thr=a.ignore_iof_thr)
+    return RetinaNetCriterion(assigner, build_box_coder(cfg), num_classes=cfg.model.num_classes,
+                              focal_alpha=l.focal_alpha, focal_gamma=l.focal_gamma, reg_loss=l.reg_loss,
+                              smooth_l1_beta=l.smooth_l1_beta, iou_loss=l.iou_loss,
+                              iou_loss_weight=l.iou_loss_weight, iou_target_grad=l.iou_target_grad,
+                              normalize=l.normalize)
+
+
+def scaled_lr(cfg, total_batch_size: int) -> float:
+    """The linear scaling rule: lr * total batch / base batch (when ``train.scale_lr``)."""
+    t = cfg.train
+    return t.lr * total_batch_size / t.base_batch_size if t.scale_lr else t.lr
+
+
+def build_optimizer(cfg, model, total_batch_size: int):
+    """SGD (paper) or AdamW over the trainable parameters, at the scaled lr."""
+    import torch
+
+    t = cfg.train
+    params = [p for p in model.parameters() if p.requires_grad]
+    lr = scaled_lr(cfg, total_batch_size)
+    if t.optimizer == "SGD":
+        return torch.optim.SGD(params, lr=lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=t.weight_decay)
+
+
+def build_schedule(cfg, total_batch_size: int, step_iterations):
+    """Warm-up + step decay at ``step_iterations`` (already converted from epochs)."""
+    from iadet.engine.schedule import WarmupStepSchedule
+
+    t = cfg.train
+    return WarmupStepSchedule(scaled_lr(cfg, total_batch_size), steps=step_iterations, gamma=t.lr_gamma,
+                              warmup_iters=t.warmup_iters, warmup_ratio=t.warmup_ratio)

@@ -57,7 +57,8 @@ def per_class_torchvision_nms(boxes, scores, labels, iou_threshold):
     keep_mask = torch.zeros(boxes.shape[0], dtype=torch.bool, device=boxes.device)
     for label in torch.unique(labels):
         members = torch.where(labels == label)[0]
-        keep_mask[members[torchvision.ops.nms(boxes[members], scores[members], iou_threshold)]] = True
+        kept_members = torchvision.ops.nms(boxes[members], scores[members], iou_threshold)
+        keep_mask[members[kept_members]] = True
     kept = torch.where(keep_mask)[0]
     return kept[torch.sort(scores[kept], descending=True, stable=True).indices]
 

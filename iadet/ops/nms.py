@@ -9,11 +9,13 @@ score.
 Algorithm (no per-box Python loop):
 
 1. Sort the boxes by (group, decreasing score), so every group is a contiguous run, and cut
-   every group into blocks of ``block_size`` boxes. Step ``k`` handles block ``k`` of *all*
-   groups at once (groups are independent), so there are ``ceil(largest group /
-   block_size)`` steps. The blocks of a step are laid out densely as (groups, block, 4), with
-   groups ordered by decreasing size and padded with NaN boxes, which never suppress or get
-   suppressed (NaN IoU is not ``> threshold``).
+   every group into blocks of ``block_size`` boxes (64-256, larger when there are few
+   groups, see :func:`_choose_block_size`). Step ``k`` handles block ``k`` of *all* groups
+   at once (groups are independent), so there are ``ceil(largest group / block_size)``
+   steps. The blocks of a step are laid out densely as (groups, block) coordinate planes,
+   groups ordered by decreasing size (split into a few chunks of similar width) and padded
+   with NaN boxes, which never suppress or get suppressed (a NaN IoU is not
+   ``> threshold``).
 2. A box of the block is removed at once if its IoU with a box already kept by an earlier
    step of its group exceeds the threshold: one broadcast (groups, kept, block) IoU. As in
    torchvision's kernel, IoU is only computed against *kept* earlier boxes.
@@ -40,13 +42,13 @@ Exactness with torchvision's CPU kernel (results are ``torch.equal``):
 * ``batched_nms`` is exact per-group NMS, i.e. ``torchvision.ops.nms`` run on each group
   separately. That is what ``torchvision.ops.batched_nms`` computes for more than 1000 boxes
   on CPU; for fewer boxes torchvision shifts each group by a coordinate offset, which rounds
-  float coordinates and can flip borderline IoUs (about 1% of random float inputs differ).
-  On coordinates that the shift does not round (e.g. multiples of 1/16 px below 2**12) the
-  two torchvision paths and this module agree exactly.
+  float coordinates and can flip borderline IoUs (8 of 900 random detector-like cases of
+  <= 1000 boxes differed). Where the shift rounds nothing (e.g. coordinates in multiples of
+  1/16 px, 80 classes, images up to 2**12 px) both torchvision paths and this module agree.
 
-Host synchronisation: each step reads a few sizes on the host (number of kept boxes per
-group chunk) and the fixed point checks convergence once per iteration; there is no
-synchronisation per box.
+Host synchronisation: per step and chunk, a few sizes are read on the host (kept boxes per
+group, boolean-mask results) and the fixed point checks convergence once per iteration;
+nothing synchronises per box. The same code runs on CUDA tensors (not yet timed on a GPU).
 """
 import torch
 from torch import Tensor
@@ -167,9 +169,11 @@ def _greedy_nms(boxes: Tensor, scores: Tensor, idxs, iou_threshold: float,
 
     kept = _KeptBoxes(len(group_sizes_host), boxes.dtype, device)
     kept_positions = []
+    num_active = len(group_sizes_host)
     for first_rank in range(0, group_sizes_host[0], block_size):
-        widths = [min(block_size, size - first_rank) for size in group_sizes_host
-                  if size > first_rank]
+        while group_sizes_host[num_active - 1] <= first_rank:  # groups with no box left
+            num_active -= 1
+        widths = [min(block_size, size - first_rank) for size in group_sizes_host[:num_active]]
         for chunk_start, chunk_end in _chunk_groups(widths):
             width = widths[chunk_start]
             groups = slice(chunk_start, chunk_end)

@@ -42,7 +42,8 @@ def per_class_torchvision_nms(boxes, scores, labels, iou_threshold):
     keep_mask = torch.zeros(boxes.shape[0], dtype=torch.bool)
     for label in torch.unique(labels):
         members = torch.where(labels == label)[0]
-        keep_mask[members[torchvision.ops.nms(boxes[members], scores[members], iou_threshold)]] = True
+        kept_members = torchvision.ops.nms(boxes[members], scores[members], iou_threshold)
+        keep_mask[members[kept_members]] = True
     kept = torch.where(keep_mask)[0]
     return kept[torch.sort(scores[kept], descending=True, stable=True).indices]
 
@@ -141,6 +142,16 @@ def test_threshold_is_compared_like_torchvision_in_double():
     for threshold in (0.3, 0.5, 0.7, 0.49):
         assert torch.equal(nms(boxes, scores, threshold),
                            torchvision.ops.nms(boxes, scores, threshold))
+
+
+@pytest.mark.parametrize("iou_threshold", [-0.1, 0.0, 0.999, 1.0])
+def test_extreme_thresholds_match_torchvision(iou_threshold):
+    # A negative threshold suppresses even disjoint boxes (IoU 0 > -0.1), as in torchvision.
+    boxes, scores, labels = clustered_detections(300, 4, torch.Generator().manual_seed(11))
+    assert torch.equal(nms(boxes, scores, iou_threshold),
+                       torchvision.ops.nms(boxes, scores, iou_threshold))
+    assert torch.equal(batched_nms(boxes, scores, labels, iou_threshold),
+                       per_class_torchvision_nms(boxes, scores, labels, iou_threshold))
 
 
 def test_degenerate_boxes_match_torchvision():

@@ -1,0 +1,1 @@
+"""Training machinery: distributed set-up, LR schedule, checkpoints, run folder, trainer."""

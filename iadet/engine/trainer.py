@@ -1,0 +1,211 @@
+"""The training loop: one readable step, full-state checkpoints, evaluation, logging."""
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from iadet.builder import build_criterion, build_dataset, build_detector, build_optimizer, build_schedule
+from iadet.config import ConfigError, config_to_dict
+from iadet.data.loading import build_dataloader
+from iadet.engine.checkpointing import rng_state, save_checkpoint, set_rng_state
+from iadet.engine.distributed import DistInfo, barrier, broadcast_object
+from iadet.engine.run_dir import RunLogger
+from iadet.evaluation.coco_eval import coco_ground_truth, coco_metrics, format_metrics, predict_dataset
+from iadet.checkpoint import load_checkpoint_file
+from iadet.io import atomic_write_text
+
+AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when a loss term is NaN or infinite; the message says where."""
+
+
+class Trainer:
+    """Trains ``build_detector(cfg)`` on ``cfg.data.train`` and evaluates on ``cfg.data.val``.
+
+    Args:
+        cfg: the resolved :class:`~iadet.config.Config`.
+        work_dir: the run folder (checkpoints, logs).
+        dist: this process's rank, world size and device.
+        resume: a checkpoint path to continue from, or None.
+        argv: the command line, recorded in the run folder.
+        progress: show the tqdm bar (rank 0 only).
+    """
+
+    def __init__(self, cfg, work_dir: Path, dist: DistInfo = DistInfo(), resume: Optional[Path] = None,
+                 argv=(), progress: bool = True):
+        self.cfg, self.dist, self.work_dir = cfg, dist, Path(work_dir)
+        t = cfg.train
+        torch.manual_seed(t.seed)
+        self.logger = RunLogger(self.work_dir, enabled=dist.is_main)
+        self.logger.record_start(cfg, list(argv))
+        self.progress = progress and dist.is_main
+
+        # rank 0 generates a synthetic dataset first so the others find it complete
+        if dist.is_main:
+            self.train_set = build_dataset(cfg, "train")
+        barrier()
+        if not dist.is_main:
+            self.train_set = build_dataset(cfg, "train")
+        # The flips draw from torch's global RNG, which checkpoints save and restore, so a
+        # resumed run is bit-exact with data.num_workers: 0 (workers re-seed per epoch).
+        self.val_set = None
+        self.loader = build_dataloader(self.train_set, t.batch_size, num_workers=cfg.data.num_workers, shuffle=True,
+                                       seed=t.seed, distributed=(dist.rank, dist.world_size) if dist.distributed else None)
+        self.iters_per_epoch = len(self.loader)
+        if self.iters_per_epoch == 0:
+            raise ConfigError(f"the training set has {len(self.train_set)} images, fewer than one batch of "
+                              f"{t.batch_size} per rank x {dist.world_size} ranks", key="train.batch_size")
+        self.max_iters = t.max_iters or t.epochs * self.iters_per_epoch
+        step_unit = 1 if t.max_iters else self.iters_per_epoch
+
+        model = build_detector(cfg, class_names=self.train_set.class_names).to(dist.device)
+        if t.sync_bn and dist.distributed:
+            if cfg.model.backbone.norm != "bn":
+                raise ConfigError("needs model.backbone.norm: bn (statistics that train)", key="train.sync_bn")
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model
+        self.net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None) if dist.distributed else model
+        self.criterion = build_criterion(cfg)
+        total_batch = t.batch_size * dist.world_size
+        self.optimizer = build_optimizer(cfg, model, total_batch)
+        self.schedule = build_schedule(cfg, total_batch, [s * step_unit for s in t.lr_steps])
+        self.amp_dtype = AMP_DTYPES[t.amp]
+        self.scaler = torch.amp.GradScaler(dist.device.type, enabled=t.amp == "fp16")
+        self.iteration, self.epoch, self.best_ap = 0, 0, -1.0
+        if resume is not None:
+            self.load(resume)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self, consumed_in_epoch: int) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "schedule": self.schedule.state_dict(),
+                "iteration": self.iteration, "epoch": self.epoch, "best_ap": self.best_ap,
+                "sampler": self.loader.batch_sampler.state_dict(consumed=consumed_in_epoch),
+                "rng": rng_state(), "config": config_to_dict(self.cfg),
+                "meta": {"class_names": list(self.train_set.class_names),
+                         "label_to_cat_id": [int(c) for c in self.train_set.label_to_cat_id]}}
+
+    def load(self, path: Path) -> None:
+        state = load_checkpoint_file(path)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.iteration, self.epoch = int(state["iteration"]), int(state["epoch"])
+        self.best_ap = float(state.get("best_ap", -1.0))
+        self.loader.batch_sampler.load_state_dict(state["sampler"])
+        set_rng_state(state["rng"])
+        if self.dist.is_main:
+            print(f"resumed from {path} at iteration {self.iteration} (epoch {self.epoch})")
+
+    def save(self, name: str, consumed_in_epoch: int) -> None:
+        if self.dist.is_main:
+            state = self.state_dict(consumed_in_epoch)
+            save_checkpoint(state, self.work_dir / name)
+            if name != "latest.pth":
+                save_checkpoint(state, self.work_dir / "latest.pth")
+
+    # ------------------------------------------------------------------ step
+    def train_step(self, batch) -> Dict[str, float]:
+        """Forward, losses (Eq. 6), backward, clip, SGD step. Returns the logged values."""
+        lr = self.schedule.apply(self.optimizer, self.iteration)
+        images = batch["images"].to(self.dist.device, non_blocking=True)
+        targets = [{k: (v.to(self.dist.device) if torch.is_tensor(v) else v) for k, v in t.items()}
+                   for t in batch["targets"]]
+        with torch.autocast(self.dist.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            out = self.net(images)
+        losses = self.criterion(out, out["anchors"], targets)  # float32 inside
+        terms = {k: v for k, v in losses.items() if k.startswith("loss_")}
+        total = sum(terms.values())
+        for name, value in terms.items():
+            if not torch.isfinite(value):
+                ids = [t["image_id"] for t in batch["targets"]]
+                raise NonFiniteLossError(f"{name} = {value.item()} at iteration {self.iteration} (lr {lr:.3g}) on "
+                                         f"images {ids}; the last good checkpoint is in {self.work_dir}. Lower "
+                                         "train.lr, check these images' boxes, or use train.grad_clip.")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        grad_norm = None
+        if self.cfg.train.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        record = {k: float(v) for k, v in terms.items()}
+        record.update(loss=float(total), lr=lr, num_pos=float(losses.get("num_pos", 0.0)))
+        if grad_norm is not None:
+            record["grad_norm"] = grad_norm
+        return record
+
+    # ------------------------------------------------------------------ loops
+    def train(self) -> Optional[Dict[str, float]]:
+        t = self.cfg.train
+        self.model.train()
+        bar = tqdm(total=self.max_iters, initial=self.iteration, desc="train", unit="it",
+                   disable=not self.progress, dynamic_ncols=True)
+        metrics, start = None, time.time()
+        while self.iteration < self.max_iters:
+            sampler = self.loader.batch_sampler
+            sampler.set_epoch(self.epoch)
+            if self.loader.generator is not None:  # worker seeds depend on (seed, epoch) only
+                self.loader.generator.manual_seed(t.seed * 1000 + self.epoch)
+            consumed = sampler.state_dict()["position"]
+            for batch in self.loader:
+                record = self.train_step(batch)
+                self.iteration += 1
+                consumed += 1
+                if self.iteration % t.log_interval == 0 or self.iteration == self.max_iters:
+                    record["epoch"] = self.epoch
+                    record["time_per_iter"] = (time.time() - start) / max(1, bar.n + 1 - bar.initial)
+                    self.logger.log(record, self.iteration)
+                bar.set_postfix({k: f"{record[k]:.3f}" for k in ("loss_cls", "loss_reg", "loss_iou") if k in record}
+                                | {"lr": f"{record['lr']:.2e}"})
+                bar.update(1)
+                if t.checkpoint_interval and self.iteration % t.checkpoint_interval == 0:
+                    self.save(f"iter_{self.iteration}.pth", consumed)
+                if self.iteration >= self.max_iters:
+                    break
+            else:
+                self.epoch += 1
+                self.save(f"epoch_{self.epoch}.pth", 0)
+                if t.eval_interval and self.epoch % t.eval_interval == 0 and self.iteration < self.max_iters:
+                    metrics = self.evaluate()
+                continue
+            break
+        bar.close()
+        finished_epoch = self.iteration % self.iters_per_epoch == 0 and not t.max_iters
+        self.save("latest.pth", 0 if finished_epoch else consumed)
+        metrics = self.evaluate(final=True)
+        self.logger.close()
+        return metrics
+
+    def evaluate(self, final: bool = False) -> Optional[Dict[str, float]]:
+        """COCO box AP on ``cfg.data.val`` (every rank runs its shard; rank 0 scores)."""
+        if self.val_set is None:
+            self.val_set = build_dataset(self.cfg, "val")
+        dist = self.dist
+        results = predict_dataset(self.net, self.val_set, batch_size=self.cfg.train.batch_size,
+                                  num_workers=self.cfg.data.num_workers, device=dist.device,
+                                  distributed=(dist.rank, dist.world_size) if dist.distributed else None,
+                                  progress=self.progress, amp_dtype=self.amp_dtype)
+        metrics = None
+        if dist.is_main:
+            metrics = coco_metrics(coco_ground_truth(self.val_set), results)
+            self.logger.log(metrics, self.iteration, prefix="val")
+            print(f"\nevaluation at iteration {self.iteration} (epoch {self.epoch}), {len(results)} detections:")
+            print(format_metrics(metrics))
+            if metrics["AP"] > self.best_ap:
+                self.best_ap = metrics["AP"]
+                save_checkpoint(self.state_dict(0), self.work_dir / "best.pth")
+            if final:
+                atomic_write_text(json.dumps(metrics, indent=2), self.work_dir / "metrics.json")
+        self.model.train()
+        return broadcast_object(metrics)

@@ -1,0 +1,1 @@
+"""Evaluation: dataset inference and COCO-style metrics."""

@@ -1,0 +1,94 @@
+"""Loss functions of the IoU-aware RetinaNet (paper Eq. 1-5), as pure functions.
+
+All take float tensors of matching shapes and a ``reduction`` of ``"none"`` (elementwise),
+``"sum"`` or ``"mean"``. Boxes are ``xyxy`` absolute pixels.
+"""
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _reduce(loss: Tensor, reduction: str) -> Tensor:
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "mean":
+        return loss.mean() if loss.numel() > 0 else loss.sum() * 0.0
+    raise ValueError(f"reduction must be 'none', 'sum' or 'mean', got {reduction!r}")
+
+
+def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0,
+                       reduction: str = "sum") -> Tensor:
+    """Focal loss (RetinaNet; paper Eq. 1 before normalisation) on sigmoid logits.
+
+    FL = -alpha_t * (1 - p_t)^gamma * log(p_t), with p_t = p for targets 1 and 1 - p for 0.
+
+    Args:
+        logits: (...) float, e.g. (N, M, C) per anchor and class.
+        targets: (...) float in {0, 1} (soft values allowed), same shape.
+        alpha: weight of the positives (1 - alpha for negatives); a negative value disables it.
+        gamma: focusing exponent.
+    Returns:
+        the loss reduced as asked ((...) for ``"none"``).
+    """
+    p = torch.sigmoid(logits)
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = p * targets + (1 - p) * (1 - targets)
+    loss = ce * (1 - p_t) ** gamma
+    if alpha >= 0:
+        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+    return _reduce(loss, reduction)
+
+
+def smooth_l1_loss(pred: Tensor, target: Tensor, beta: float = 0.11, reduction: str = "sum") -> Tensor:
+    """Smooth L1 (paper Eq. 2): 0.5 x^2 / beta where |x| < beta, else |x| - 0.5 beta; x = pred - target.
+
+    ``beta=0`` gives the L1 loss. Shapes: (..., 4) deltas and (..., 4) targets (any equal shapes).
+    """
+    diff = (pred - target).abs()
+    if beta <= 0:
+        return _reduce(diff, reduction)
+    loss = torch.where(diff < beta, 0.5 * diff * diff / beta, diff - 0.5 * beta)
+    return _reduce(loss, reduction)
+
+
+def l1_loss(pred: Tensor, target: Tensor, reduction: str = "sum") -> Tensor:
+    """|pred - target| for equal shapes, e.g. (P, 4) deltas (MMDetection 3 and torchvision RetinaNet)."""
+    return _reduce((pred - target).abs(), reduction)
+
+
+def giou_loss(pred_boxes: Tensor, target_boxes: Tensor, eps: float = 1e-7, reduction: str = "sum") -> Tensor:
+    """1 - GIoU of matching rows of (..., 4) and (..., 4) xyxy boxes -> (...) before reduction.
+
+    GIoU = IoU - (C - U) / C, C the area of the smallest box enclosing both, U the union;
+    ``eps`` as in ``torchvision.ops.generalized_box_iou_loss``.
+    """
+    x1, y1, x2, y2 = pred_boxes.unbind(-1)
+    gx1, gy1, gx2, gy2 = target_boxes.unbind(-1)
+    inter = ((torch.min(x2, gx2) - torch.max(x1, gx1)).clamp(min=0)
+             * (torch.min(y2, gy2) - torch.max(y1, gy1)).clamp(min=0))
+    union = (x2 - x1) * (y2 - y1) + (gx2 - gx1) * (gy2 - gy1) - inter
+    iou = inter / (union + eps)
+    enclosing = (torch.max(x2, gx2) - torch.min(x1, gx1)) * (torch.max(y2, gy2) - torch.min(y1, gy1))
+    giou = iou - (enclosing - union) / (enclosing + eps)
+    return _reduce(1 - giou, reduction)
+
+
+def iou_prediction_loss(iou_logits: Tensor, iou_target: Tensor, kind: str = "bce",
+                        reduction: str = "sum") -> Tensor:
+    """Loss of the IoU branch on positives: predicted IoU = sigmoid(logit) vs target IoU.
+
+    Args:
+        iou_logits: (P,) IoU-branch logits of the positive anchors.
+        iou_target: (P,) target IoU in [0, 1] (Eq. 4), detached or not (see the criterion).
+        kind: ``"bce"`` (paper) or ``"l2"`` ((sigmoid(logit) - target)^2, Table 2).
+    """
+    if kind == "bce":
+        # Eq. 3: BCE(IoU_i, IoU_target_i) with a soft target; d/d(target) = -logit (Eq. 5).
+        loss = F.binary_cross_entropy_with_logits(iou_logits, iou_target, reduction="none")
+    elif kind == "l2":
+        loss = (torch.sigmoid(iou_logits) - iou_target) ** 2
+    else:
+        raise ValueError(f"IoU loss kind must be 'bce' or 'l2', got {kind!r}")
+    return _reduce(loss, reduction)
