@@ -139,8 +139,8 @@ class Trainer:
             grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip))
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        record = {k: float(v) for k, v in terms.items()}
-        record.update(loss=float(total), lr=lr, num_pos=float(losses.get("num_pos", 0.0)))
+        record = {k: float(v.detach()) for k, v in terms.items()}
+        record.update(loss=float(total.detach()), lr=lr, num_pos=float(losses.get("num_pos", 0.0)))
         if grad_norm is not None:
             record["grad_norm"] = grad_norm
         return record
@@ -151,7 +151,7 @@ class Trainer:
         self.model.train()
         bar = tqdm(total=self.max_iters, initial=self.iteration, desc="train", unit="it",
                    disable=not self.progress, dynamic_ncols=True)
-        metrics, start = None, time.time()
+        metrics, start, start_iter = None, time.time(), self.iteration
         while self.iteration < self.max_iters:
             sampler = self.loader.batch_sampler
             sampler.set_epoch(self.epoch)
@@ -164,7 +164,7 @@ class Trainer:
                 consumed += 1
                 if self.iteration % t.log_interval == 0 or self.iteration == self.max_iters:
                     record["epoch"] = self.epoch
-                    record["time_per_iter"] = (time.time() - start) / max(1, bar.n + 1 - bar.initial)
+                    record["time_per_iter"] = (time.time() - start) / (self.iteration - start_iter)
                     self.logger.log(record, self.iteration)
                 bar.set_postfix({k: f"{record[k]:.3f}" for k in ("loss_cls", "loss_reg", "loss_iou") if k in record}
                                 | {"lr": f"{record['lr']:.2e}"})

@@ -86,7 +86,8 @@ def coco_metrics(coco_gt, results: List[Dict], verbose: bool = False) -> Dict[st
         ev.summarize()
     if verbose:
         print(sink.getvalue().split("DONE", 2)[-1].strip())
-    return {name: round(float(v) * 100, 2) for name, v in zip(COCO_STAT_NAMES, ev.stats)}
+    # pycocotools reports -1 where a size range has no ground truth; keep -1 rather than -100
+    return {name: (round(float(v) * 100, 2) if v >= 0 else -1.0) for name, v in zip(COCO_STAT_NAMES, ev.stats)}
 
 
 def format_metrics(metrics: Dict[str, float]) -> str:

@@ -36,6 +36,7 @@ from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 
 from iadet.ops.boxes import box_area, box_iou
 
@@ -54,18 +55,16 @@ class AssignResult(NamedTuple):
 
 
 def pad_boxes(boxes: Sequence[Tensor], min_len: int = 0, fill: float = 0.0) -> Tuple[Tensor, Tensor]:
-    """Stack per-image (K_i, D) tensors into (N, K, D) padded with ``fill``, K = max(K_i, min_len).
+    """Stack per-image (K_i, ...) tensors into (N, K, ...) padded with ``fill``, K = max(K_i, min_len).
 
     Returns the padded tensor and the (N, K) bool mask of real rows.
     """
-    n = len(boxes)
-    counts = torch.tensor([len(b) for b in boxes], dtype=torch.long)
-    k = max(int(counts.max()) if n else 0, min_len)
-    ref = boxes[0]
-    padded = ref.new_full((n, k) + tuple(ref.shape[1:]), fill)
-    valid = (torch.arange(k)[None, :] < counts[:, None]).to(ref.device)
-    if k > 0:
-        padded[valid] = torch.cat(list(boxes))  # row-major order: image by image
+    padded = pad_sequence(list(boxes), batch_first=True, padding_value=fill)
+    if padded.shape[1] < min_len:
+        extra = padded.new_full((padded.shape[0], min_len - padded.shape[1]) + padded.shape[2:], fill)
+        padded = torch.cat([padded, extra], dim=1)
+    counts = torch.tensor([len(b) for b in boxes], device=padded.device)
+    valid = torch.arange(padded.shape[1], device=padded.device)[None, :] < counts[:, None]
     return padded, valid
 
 
@@ -139,9 +138,9 @@ class MaxIoUAssigner:
     def _match(self, iou: Tensor, valid: Tensor) -> Tuple[Tensor, Tensor]:
         """(N, K, M) IoU with padded rows at -1 -> matched index and IoU, both (N, M)."""
         best_iou, best_gt = iou.max(dim=1)                         # (N, M), first gt on ties
-        matched = best_gt.clone()
-        matched[best_iou < self.neg_iou_thr] = NEGATIVE
-        matched[(best_iou >= self.neg_iou_thr) & (best_iou < self.pos_iou_thr)] = IGNORED
+        # Matcher's comparisons: < neg -> negative, [neg, pos) -> ignored, >= pos -> best gt.
+        matched = best_gt.masked_fill(best_iou < self.neg_iou_thr, NEGATIVE)
+        matched = matched.masked_fill((best_iou >= self.neg_iou_thr) & (best_iou < self.pos_iou_thr), IGNORED)
         if self.low_quality != "none":
             gt_best = iou.amax(dim=2, keepdim=True)                # (N, K, 1) highest IoU per gt
             reaches_best = (iou == gt_best) & valid[:, :, None]    # (N, K, M), ties included

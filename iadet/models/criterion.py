@@ -3,13 +3,13 @@
 L_total = L_cls + L_loc + L_IoU (Eq. 6), each a sum divided by N, the number of positive
 anchors: by default N = positives of the whole batch, averaged over DDP ranks and clamped to
 >= 1 (iadet; the authors normalised per GPU); ``normalize="image"`` divides each image's sum
-by max(1, its positives) and averages over images (torchvision's RetinaNet).
+by max(1, its positives) and averages over images (torchvision's RetinaNet; no cross-rank
+averaging, each rank's images are normalised alone and DDP averages the gradients).
 """
 from typing import Dict, List
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor
 
 from iadet.models.assigner import IGNORED, MaxIoUAssigner, pad_boxes
@@ -88,7 +88,9 @@ class RetinaNetCriterion:
         num_images, num_anchors, _ = cls_logits.shape
         anchors = anchors.float()
 
-        ignore = [t["ignore_boxes"] for t in targets] if all("ignore_boxes" in t for t in targets) else None
+        ignore = None
+        if any("ignore_boxes" in t for t in targets):
+            ignore = [t.get("ignore_boxes", anchors.new_zeros((0, 4))) for t in targets]
         matched = self.assigner.assign(anchors, [t["boxes"] for t in targets], ignore).matched_idx  # (N, M)
         pos = matched >= 0
         # Ground truth of every anchor (padding row 0 for images without objects; used on positives only).
@@ -98,7 +100,7 @@ class RetinaNetCriterion:
 
         # Classification (Eq. 1): focal loss over positives and negatives, one-hot targets.
         labels = gt_labels.gather(1, gt_index)                                              # (N, M)
-        cls_target = F.one_hot(labels, self.num_classes).to(cls_logits) * pos[..., None]
+        cls_target = torch.zeros_like(cls_logits).scatter_(2, labels[..., None], pos[..., None].to(cls_logits))
         cls_elem = sigmoid_focal_loss(cls_logits, cls_target, self.focal_alpha, self.focal_gamma,
                                       reduction="none")
         cls_per_image = torch.where((matched != IGNORED)[..., None], cls_elem, 0.0).sum(dim=(1, 2))
@@ -117,8 +119,7 @@ class RetinaNetCriterion:
             beta = 0.0 if self.reg_loss == "l1" else self.smooth_l1_beta
             reg_target = self.box_coder.encode(pos_gt, pos_anchors)
             reg_elem = smooth_l1_loss(pos_deltas, reg_target, beta, reduction="none").sum(dim=1)
-        per_image = {"loss_reg": self._per_image(reg_elem, pos_image, num_images)}
-        per_image["loss_cls"] = cls_per_image
+        per_image = {"loss_cls": cls_per_image, "loss_reg": self._per_image(reg_elem, pos_image, num_images)}
 
         if iou_logits is not None:
             # Eq. 4: target IoU between the decoded predicted box and its assigned ground truth.
@@ -137,7 +138,6 @@ class RetinaNetCriterion:
         else:
             per_image_normalizer = num_pos_per_image.clamp(min=1.0)
             losses = {k: (v / per_image_normalizer).sum() / num_images for k, v in per_image.items()}
-        losses = {k: losses[k] for k in ("loss_cls", "loss_reg", "loss_iou") if k in losses}
         losses["num_pos"] = num_pos_per_image.sum().detach()
         return losses
 
