@@ -254,6 +254,10 @@ class SyntheticConfig:
     height: int = 320
     width: int = 320
     seed: int = 0
+    num_classes: Optional[int] = None  # the first N shape classes; null: all 9
+    max_objects: int = 10
+    min_object_size: float = 10.0  # pixels; sides are log-uniform up to 0.7 x the short side
+    empty_fraction: float = 0.05
 
     def __post_init__(self) -> None:
         _check(self.num_train >= 0 and self.num_val >= 0, "num_train",

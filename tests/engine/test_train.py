@@ -64,3 +64,10 @@ def test_bad_config_fails_before_training(tmp_path):
            str(tmp_path / "w"), "--opts", "train.lr=-1"]
     done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "train.lr" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_bf16_autocast_trains_with_float32_losses(tmp_path):
+    work = tmp_path / "bf16"
+    run_train(work, tiny_opts(tmp_path / "cache") + ["train.max_iters=2", "train.amp=bf16", "train.eval_interval=0"])
+    lines = [json.loads(l) for l in (work / "metrics.jsonl").read_text().splitlines() if '"train"' in l]
+    assert len(lines) == 2 and all(torch.isfinite(torch.tensor(l["loss"])) for l in lines)
