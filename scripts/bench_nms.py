@@ -23,44 +23,7 @@ import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from iadet.ops.nms import batched_nms  # noqa: E402
-
-
-def clustered_detections(num_boxes: int, num_classes: int, generator: torch.Generator,
-                         jitter: float = 0.15, image_size=(800, 1333)):
-    """Detector-like output: (N, 4) float32 xyxy boxes, (N,) distinct scores, (N,) labels."""
-    height, width = image_size
-    num_objects = max(1, num_boxes // 40)
-    center_x = torch.rand(num_objects, generator=generator) * width
-    center_y = torch.rand(num_objects, generator=generator) * height
-    size = torch.exp(torch.rand(num_objects, generator=generator) * 3.3 + 2.7)  # ~15-400 px
-    aspect = torch.exp(torch.rand(num_objects, generator=generator) * 1.4 - 0.7)
-    object_w, object_h = size * aspect.sqrt(), size / aspect.sqrt()
-    object_class = torch.randint(num_classes, (num_objects,), generator=generator)
-    owner = torch.randint(num_objects, (num_boxes,), generator=generator)
-    noise = torch.randn(num_boxes, 4, generator=generator) * jitter
-    box_w, box_h = object_w[owner], object_h[owner]
-    x1 = center_x[owner] - box_w / 2 + noise[:, 0] * box_w
-    y1 = center_y[owner] - box_h / 2 + noise[:, 1] * box_h
-    x2 = x1 + box_w * torch.exp(noise[:, 2])
-    y2 = y1 + box_h * torch.exp(noise[:, 3])
-    boxes = torch.stack([x1.clamp(0, width), y1.clamp(0, height),
-                         x2.clamp(0, width), y2.clamp(0, height)], dim=1)
-    relabel = torch.rand(num_boxes, generator=generator) < 0.2
-    labels = torch.where(relabel, torch.randint(num_classes, (num_boxes,), generator=generator),
-                         object_class[owner])
-    scores = (torch.randperm(num_boxes, generator=generator).float() + 1) / (num_boxes + 1)
-    return boxes, scores, labels
-
-
-def per_class_torchvision_nms(boxes, scores, labels, iou_threshold):
-    """torchvision.ops.nms on each class separately, merged by decreasing score."""
-    keep_mask = torch.zeros(boxes.shape[0], dtype=torch.bool, device=boxes.device)
-    for label in torch.unique(labels):
-        members = torch.where(labels == label)[0]
-        kept_members = torchvision.ops.nms(boxes[members], scores[members], iou_threshold)
-        keep_mask[members[kept_members]] = True
-    kept = torch.where(keep_mask)[0]
-    return kept[torch.sort(scores[kept], descending=True, stable=True).indices]
+from tests.ops.test_nms import clustered_detections, per_class_torchvision_nms  # noqa: E402  (shared with the tests)
 
 
 def timed(function, device):

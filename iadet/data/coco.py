@@ -161,12 +161,7 @@ class CocoDetection(DetectionDataset):
         if skipped_messages:
             warnings.warn(f"{where}: skipped {len(skipped_messages)} bad image(s) ({describe_ids(skipped_ids)}); "
                           f"first problem: {skipped_messages[0]}", stacklevel=3)
-        if dropped_ids:
-            warnings.warn(f"{where}: dropped {self.num_dropped_boxes} box(es) with zero or negative width or "
-                          f"height (after clipping to the image) in {describe_ids(dropped_ids)}", stacklevel=3)
-        if clipped_ids:
-            warnings.warn(f"{where}: clipped {self.num_clipped_boxes} box(es) partly outside the image in "
-                          f"{describe_ids(clipped_ids)}", stacklevel=3)
+        self.warn_box_fixes(where, dropped_ids, clipped_ids)
         return records, len(skipped_messages)
 
     @staticmethod

@@ -134,6 +134,15 @@ class DetectionDataset(Dataset):
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def warn_box_fixes(self, where: str, dropped_ids: Sequence[int], clipped_ids: Sequence[int]) -> None:
+        """One warning each for the dropped (degenerate) and clipped boxes, with image ids."""
+        if dropped_ids:
+            warnings.warn(f"{where}: dropped {self.num_dropped_boxes} box(es) with zero or negative width or "
+                          f"height (after clipping to the image) in {describe_ids(dropped_ids)}", stacklevel=4)
+        if clipped_ids:
+            warnings.warn(f"{where}: clipped {self.num_clipped_boxes} box(es) partly outside the image in "
+                          f"{describe_ids(clipped_ids)}", stacklevel=4)
+
     def __len__(self) -> int:
         return len(self.records)
 

@@ -123,12 +123,7 @@ class VOCDetection(DetectionDataset):
             warnings.warn(f"VOCDetection: skipped {len(skipped)} bad image(s) "
                           f"({describe_ids([s[0] for s in skipped], 'VOC ids')}); first problem: {skipped[0][1]}",
                           stacklevel=3)
-        if dropped_ids:
-            warnings.warn(f"VOCDetection: dropped {self.num_dropped_boxes} box(es) with zero or negative width or "
-                          f"height in {describe_ids(dropped_ids)}", stacklevel=3)
-        if clipped_ids:
-            warnings.warn(f"VOCDetection: clipped {self.num_clipped_boxes} box(es) partly outside the image in "
-                          f"{describe_ids(clipped_ids)}", stacklevel=3)
+        self.warn_box_fixes("VOCDetection", dropped_ids, clipped_ids)
         return records, len(skipped)
 
     def _read_annotation(self, year: str, voc_id: str, file_name: str):

@@ -39,7 +39,7 @@ def clustered_detections(num_boxes: int, num_classes: int, generator: torch.Gene
 def per_class_torchvision_nms(boxes, scores, labels, iou_threshold):
     """torchvision.ops.nms run on each class separately (torchvision's own batched_nms path
     for > 1000 boxes on CPU), merged in decreasing score order."""
-    keep_mask = torch.zeros(boxes.shape[0], dtype=torch.bool)
+    keep_mask = torch.zeros(boxes.shape[0], dtype=torch.bool, device=boxes.device)
     for label in torch.unique(labels):
         members = torch.where(labels == label)[0]
         kept_members = torchvision.ops.nms(boxes[members], scores[members], iou_threshold)
