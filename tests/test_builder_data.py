@@ -22,16 +22,16 @@ def test_synthetic_dataset_from_config(tmp_path):
     train = build_dataset(cfg, "train", seed=0)
     val = build_dataset(cfg, "val")
     assert len(train) == 6 and len(val) == 3
-    assert train.num_classes == cfg.model.num_classes == 9
+    assert train.num_classes == cfg.model.num_classes == 4  # the quickstart uses 4 shape classes
     image, target = val[0]
     assert image.dtype == torch.float32 and image.shape[0] == 3
-    assert max(image.shape[-2:]) == 320  # resized to fit 320 x 320
+    assert max(image.shape[-2:]) == cfg.input.max_size  # resized to fit the input size
     assert target["boxes"].shape[1] == 4 and target["labels"].dtype == torch.int64
 
 
 def test_class_count_mismatch_names_the_key(tmp_path):
     cfg = iadet.load_config(CONFIGS / "quickstart.yaml", _tiny_synthetic(tmp_path) + ["model.num_classes=80"])
-    with pytest.raises(ConfigError, match="model.num_classes.*9"):
+    with pytest.raises(ConfigError, match="model.num_classes.*4"):
         build_dataset(cfg, "val")
 
 
