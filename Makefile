@@ -26,8 +26,10 @@ test-all: ensure-installed
 quickstart: ensure-installed
 	bash scripts/quickstart.sh
 
+## benchmarks: print iadet / reference ratios measured in the same run (never asserted in tests)
 bench: ensure-installed
 	$(PYTHON) scripts/bench_nms.py
+	$(PYTHON) scripts/bench_data.py
 
 clean:
 	rm -rf build *.egg-info .pytest_cache work_dirs/quickstart

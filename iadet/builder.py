@@ -83,7 +83,7 @@ def synthetic_dataset_root(cfg):
     return ensure_synthetic_coco(s.cache_dir, num_train=s.num_train, num_val=s.num_val,
                                  image_size=(s.height, s.width), seed=s.seed, num_classes=s.num_classes,
                                  max_objects=s.max_objects, min_object_size=s.min_object_size,
-                                 empty_fraction=s.empty_fraction)
+                                 empty_fraction=s.empty_fraction, difficulty=s.difficulty)
 
 
 def build_dataset(cfg, split: str = "train", train_transforms: Optional[bool] = None, seed: Optional[int] = None):

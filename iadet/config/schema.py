@@ -258,8 +258,10 @@ class SyntheticConfig:
     max_objects: int = 10
     min_object_size: float = 10.0  # pixels; sides are log-uniform up to 0.7 x the short side
     empty_fraction: float = 0.05
+    difficulty: float = 1.0  # 0..1: clutter, low-contrast and blurred objects, noise
 
     def __post_init__(self) -> None:
+        _check(0.0 <= self.difficulty <= 1.0, "difficulty", "must be in [0, 1]", self.difficulty)
         _check(self.num_train >= 0 and self.num_val >= 0, "num_train",
                "split sizes must be >= 0", (self.num_train, self.num_val))
         _check(min(self.height, self.width) >= 32, "height", "image sides must be >= 32",

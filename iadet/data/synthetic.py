@@ -100,8 +100,9 @@ def _paint(canvas, shape, fill, alpha=None):
     window += a * (fill - window)
 
 
-def _background(rng, height, width):
-    """(height, width, 3) float32: gradient, blobs, stripes, checks and clutter."""
+def _background(rng, height, width, difficulty=1.0):
+    """(height, width, 3) float32: gradient, blobs, stripes, checks and clutter (scaled by
+    ``difficulty``)."""
     yy = (np.arange(height, dtype=np.float32) + 0.5)[:, None]
     xx = (np.arange(width, dtype=np.float32) + 0.5)[None, :]
 
@@ -124,13 +125,13 @@ def _background(rng, height, width):
         img += check[..., None] * np.float32(rng.uniform(8, 35))
     if rng.random() < 0.3:   # fine texture
         img += _smooth_noise(rng, height, width, max(height, width) // rng.integers(2, 6), rng.uniform(5, 25))
-    for _ in range(rng.integers(0, 7)):  # clutter: line segments
+    for _ in range(round(rng.integers(0, 7) * difficulty)):  # clutter: line segments
         length, thick = rng.uniform(10, 0.5 * max(height, width)), rng.uniform(1, 3)
         bar = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * [length / 2, thick / 2]
         bar = bar @ _rotation(rng.uniform(0, np.pi)).T
         shape = render_shape([bar], rng.uniform(0, 1, 2) * [width, height], height, width)
         _paint(img, shape, rng.uniform(0, 255, 3).astype(np.float32))
-    for _ in range(rng.integers(0, 4)):  # clutter: irregular blobs that are no class
+    for _ in range(round(rng.integers(0, 4) * difficulty)):  # clutter: irregular blobs that are no class
         t = 2 * np.pi * np.arange(96) / 96
         r = 1 + sum(rng.uniform(0.1, 0.3) * np.cos(k * t + rng.uniform(0, 6.3)) for k in (3, 4, 5, 6))
         blob = [np.stack([np.cos(t), np.sin(t)], 1) * r[:, None] * rng.uniform(5, 40)]
@@ -139,9 +140,9 @@ def _background(rng, height, width):
     return img
 
 
-def _object_colour(rng, background):
+def _object_colour(rng, background, difficulty=1.0):
     """A fill colour far from ``background`` (3,), or close to it for low-contrast objects."""
-    if rng.random() < P_LOW_CONTRAST:
+    if rng.random() < P_LOW_CONTRAST * difficulty:
         direction = rng.normal(size=3)
         delta = direction / np.linalg.norm(direction) * rng.uniform(20, 40)
         colour = np.clip(background + delta, 0, 255)
@@ -156,7 +157,7 @@ def _object_colour(rng, background):
 
 
 def render_image(rng, height=320, width=320, num_classes=len(CLASSES), max_objects=10,
-                 empty_fraction=0.05, min_object_size=10.0, max_object_fraction=0.7):
+                 empty_fraction=0.05, min_object_size=10.0, max_object_fraction=0.7, difficulty=1.0):
     """Draw one image with ``rng`` (np.random.Generator).
 
     Returns (image (height, width, 3) uint8 RGB, boxes (K, 4) float64 xyxy absolute pixels,
@@ -165,7 +166,7 @@ def render_image(rng, height=320, width=320, num_classes=len(CLASSES), max_objec
     the exact extent of its object's outline: also where later objects occlude it (at most
     MAX_HIDDEN_FRACTION of it), and where the object's edges are blurred.
     """
-    canvas = _background(rng, height, width)
+    canvas = _background(rng, height, width, difficulty)
     owner = np.full((height, width), -1, dtype=np.int64)  # topmost object at each pixel
     boxes, labels = [], []
     areas = visible = np.zeros(0, dtype=np.int64)  # solid pixels of each object: drawn, still visible
@@ -179,7 +180,7 @@ def render_image(rng, height=320, width=320, num_classes=len(CLASSES), max_objec
         fit = min(1.0, 0.49 * width / half[0], 0.49 * height / half[1])
         polygons, half = [p * fit for p in polygons], half * fit
         # blur sigma at most 8% of the size: a 10 px object stays recognisable
-        blur = min(rng.uniform(0.6, 2.0), 0.08 * size) if rng.random() < P_OBJECT_BLUR else 0.0
+        blur = min(rng.uniform(0.6, 2.0), 0.08 * size) if rng.random() < P_OBJECT_BLUR * difficulty else 0.0
         for _ in range(PLACEMENT_TRIES):
             centre = rng.uniform(half, [width - half[0], height - half[1]])
             shape = render_shape(polygons, centre, height, width, margin=1 + math.ceil(3 * blur))
@@ -192,7 +193,7 @@ def render_image(rng, height=320, width=320, num_classes=len(CLASSES), max_objec
         else:
             continue  # no position keeps every earlier object half visible: drop this one
         window = canvas[shape.y0:shape.y0 + h, shape.x0:shape.x0 + w]
-        colour = _object_colour(rng, window[solid].mean(0)).astype(np.float32)
+        colour = _object_colour(rng, window[solid].mean(0), difficulty).astype(np.float32)
         # shading along a random direction, and sometimes stripes of a second colour
         yy = (np.arange(h) + shape.y0 + 0.5 - centre[1])[:, None] / (size / 2)
         xx = (np.arange(w) + shape.x0 + 0.5 - centre[0])[None, :] / (size / 2)
@@ -208,9 +209,9 @@ def render_image(rng, height=320, width=320, num_classes=len(CLASSES), max_objec
         areas, visible = np.append(areas, solid.sum()), np.append(visible - lost, solid.sum())
         boxes.append(shape.box)
         labels.append(label)
-    if rng.random() < P_IMAGE_BLUR:
+    if rng.random() < P_IMAGE_BLUR * difficulty:
         canvas = _gaussian_blur(canvas, rng.uniform(0.5, 1.2))
-    canvas += rng.standard_normal(canvas.shape, dtype=np.float32) * np.float32(rng.uniform(0, MAX_NOISE_SIGMA))
+    canvas += rng.standard_normal(canvas.shape, dtype=np.float32) * np.float32(rng.uniform(0, MAX_NOISE_SIGMA * difficulty))
     image = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
     return image, np.array(boxes, dtype=np.float64).reshape(-1, 4), np.array(labels, dtype=np.int64)
 
@@ -236,8 +237,10 @@ def synthetic_settings(**overrides):
         if isinstance(s[key], bool) or int(s[key]) != s[key] or s[key] < 0:
             raise ValueError(f"{key} must be a non-negative integer, got {s[key]!r}")
         s[key] = int(s[key])
-    for key in ("empty_fraction", "min_object_size", "max_object_fraction"):
+    for key in ("empty_fraction", "min_object_size", "max_object_fraction", "difficulty"):
         s[key] = float(s[key])
+    if not 0.0 <= s["difficulty"] <= 1.0:
+        raise ValueError(f"difficulty must be in [0, 1], got {s['difficulty']}")
     if not 1 <= s["num_classes"] <= len(CLASSES):
         raise ValueError(f"num_classes must be in [1, {len(CLASSES)}], got {s['num_classes']}")
     if min(height, width) < 32 or s["max_objects"] < 1 or not 0 <= s["empty_fraction"] <= 1:
@@ -250,22 +253,24 @@ def synthetic_settings(**overrides):
 
 def generate_synthetic_coco(out_dir, num_train=2000, num_val=300, image_size=(320, 320), seed=0,
                             num_classes=None, max_objects=10, empty_fraction=0.05,
-                            min_object_size=10.0, max_object_fraction=0.7, progress=True):
+                            min_object_size=10.0, max_object_fraction=0.7, difficulty=1.0, progress=True):
     """Write the synthetic dataset under ``out_dir`` (must be absent or empty).
 
     image_size: (height, width); num_classes: the first ``num_classes`` of ``CLASSES``
-    (None: all). Returns ``{"root": Path, "train": {"img_dir": Path, "ann_file": Path},
+    (None: all); difficulty in [0, 1] scales the clutter, low-contrast and blurred objects,
+    image blur and pixel noise (1: the full set, 0: none of them). Returns ``{"root": Path, "train": {"img_dir": Path, "ann_file": Path},
     "val": {...}}``. COCO ids start at 1; boxes are [x, y, w, h] floats, area = w * h.
     """
     s = synthetic_settings(num_train=num_train, num_val=num_val, image_size=image_size, seed=seed,
                            num_classes=num_classes, max_objects=max_objects, empty_fraction=empty_fraction,
-                           min_object_size=min_object_size, max_object_fraction=max_object_fraction)
+                           min_object_size=min_object_size, max_object_fraction=max_object_fraction,
+                           difficulty=difficulty)
     root = Path(out_dir)
     if root.exists() and any(root.iterdir()):
         raise FileExistsError(f"{root} is not empty; choose a new folder or delete it first")
     height, width = s["image_size"]
     draw = {k: s[k] for k in ("num_classes", "max_objects", "empty_fraction",
-                              "min_object_size", "max_object_fraction")}
+                              "min_object_size", "max_object_fraction", "difficulty")}
     categories = [{"id": i + 1, "name": n, "supercategory": "shape"}
                   for i, n in enumerate(CLASSES[:s["num_classes"]])]
     (root / "annotations").mkdir(parents=True, exist_ok=True)
@@ -385,11 +390,13 @@ def main(argv=None):
     parser.add_argument("--height", type=int, default=320)
     parser.add_argument("--width", type=int, default=320)
     parser.add_argument("--num-classes", type=int, default=None, help=f"first N of {len(CLASSES)} classes")
+    parser.add_argument("--difficulty", type=float, default=1.0,
+                        help="0..1: amount of clutter, low contrast, blur and noise (default 1)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     paths = generate_synthetic_coco(args.out, num_train=args.num_train, num_val=args.num_val,
                                     image_size=(args.height, args.width), seed=args.seed,
-                                    num_classes=args.num_classes)
+                                    num_classes=args.num_classes, difficulty=args.difficulty)
     print(f"wrote {paths['root']} in {time.perf_counter() - start:.1f} s")
     for split in SPLITS:
         info = coco_summary(paths[split]["ann_file"])

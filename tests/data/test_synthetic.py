@@ -175,3 +175,15 @@ def test_command_line_prints_a_summary(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "train: 3 images" in out and "val: 2 images" in out and "'small'" in out
     assert os.path.isfile(tmp_path / "cli" / "val" / "000001.png")
+
+
+def test_difficulty_scales_clutter_and_noise_only():
+    from iadet.data.synthetic import render_image
+
+    full = render_image(np.random.default_rng(3), 96, 96, difficulty=1.0)
+    again = render_image(np.random.default_rng(3), 96, 96)
+    assert np.array_equal(full[0], again[0])  # 1.0 is the default: same pixels
+    clean = render_image(np.random.default_rng(3), 96, 96, difficulty=0.0)
+    assert not np.array_equal(full[0], clean[0])
+    with pytest.raises(ValueError, match="difficulty"):
+        generate_synthetic_coco("/nonexistent-never-written", num_train=1, num_val=1, difficulty=1.5)
