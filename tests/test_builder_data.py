@@ -22,7 +22,7 @@ def test_synthetic_dataset_from_config(tmp_path):
     train = build_dataset(cfg, "train", seed=0)
     val = build_dataset(cfg, "val")
     assert len(train) == 6 and len(val) == 3
-    assert train.num_classes == cfg.model.num_classes == 4  # the quickstart uses 4 shape classes
+    assert train.num_classes == cfg.model.num_classes == 3  # the quickstart uses 3 shape classes
     image, target = val[0]
     assert image.dtype == torch.float32 and image.shape[0] == 3
     assert max(image.shape[-2:]) == cfg.input.max_size  # resized to fit the input size
@@ -31,7 +31,7 @@ def test_synthetic_dataset_from_config(tmp_path):
 
 def test_class_count_mismatch_names_the_key(tmp_path):
     cfg = iadet.load_config(CONFIGS / "quickstart.yaml", _tiny_synthetic(tmp_path) + ["model.num_classes=80"])
-    with pytest.raises(ConfigError, match="model.num_classes.*4"):
+    with pytest.raises(ConfigError, match="model.num_classes.*3"):
         build_dataset(cfg, "val")
 
 
