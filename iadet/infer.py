@@ -26,7 +26,8 @@ def parse_args(argv=None):
                    help="weights (iadet checkpoint or converted file); omit to run with random weights")
     p.add_argument("--input", required=True, help="an image file or a folder of images")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--score-thr", type=float, default=0.3, help="minimum confidence S to keep (default 0.3)")
+    p.add_argument("--score-thr", type=float, default=None,
+                   help="minimum confidence S to keep (default: the config's model.test.score_thr)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-draw", action="store_true", help="do not write images with boxes drawn")
     p.add_argument("--opts", nargs="*", default=[], help="config overrides key=value")

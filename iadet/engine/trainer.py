@@ -70,6 +70,8 @@ class Trainer:
         if t.sync_bn and dist.distributed:
             if cfg.model.backbone.norm != "bn":
                 raise ConfigError("needs model.backbone.norm: bn (statistics that train)", key="train.sync_bn")
+            if dist.device.type != "cuda":
+                raise ConfigError("SyncBatchNorm runs on GPUs only; set it false on CPU", key="train.sync_bn")
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model
         self.net = nn.parallel.DistributedDataParallel(
@@ -152,6 +154,7 @@ class Trainer:
         bar = tqdm(total=self.max_iters, initial=self.iteration, desc="train", unit="it",
                    disable=not self.progress, dynamic_ncols=True)
         metrics, start, start_iter = None, time.time(), self.iteration
+        consumed = self.loader.batch_sampler.state_dict()["position"]
         while self.iteration < self.max_iters:
             sampler = self.loader.batch_sampler
             sampler.set_epoch(self.epoch)
@@ -173,16 +176,14 @@ class Trainer:
                     self.save(f"iter_{self.iteration}.pth", consumed)
                 if self.iteration >= self.max_iters:
                     break
-            else:
+            if consumed >= self.iters_per_epoch:  # the epoch is complete (also when it ends the run)
                 self.epoch += 1
+                consumed = 0
                 self.save(f"epoch_{self.epoch}.pth", 0)
                 if t.eval_interval and self.epoch % t.eval_interval == 0 and self.iteration < self.max_iters:
                     metrics = self.evaluate()
-                continue
-            break
         bar.close()
-        finished_epoch = self.iteration % self.iters_per_epoch == 0 and not t.max_iters
-        self.save("latest.pth", 0 if finished_epoch else consumed)
+        self.save("latest.pth", consumed)
         metrics = self.evaluate(final=True)
         self.logger.close()
         return metrics

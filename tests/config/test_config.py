@@ -311,6 +311,7 @@ def test_torchvision_compat_profile():
     assert m.neck.p6_input == "p5" and m.neck.relu_before_p7 is True
     assert m.anchors.style == "torchvision" and m.head.iou_branch is False
     assert m.box_coder.clamp == "upper"
+    assert (m.assigner.low_quality, m.loss.reg_loss, m.loss.normalize) == ("torchvision", "l1", "image")
     assert (m.test.order, m.test.max_det, m.test.topk_per_level) == ("thr_then_topk", 300, 1000)
     assert (m.test.score_thr, m.test.nms_iou) == (0.05, 0.5)
     assert cfg.input.mean == pytest.approx([0.485 * 255, 0.456 * 255, 0.406 * 255])

@@ -71,3 +71,13 @@ def test_bf16_autocast_trains_with_float32_losses(tmp_path):
     run_train(work, tiny_opts(tmp_path / "cache") + ["train.max_iters=2", "train.amp=bf16", "train.eval_interval=0"])
     lines = [json.loads(l) for l in (work / "metrics.jsonl").read_text().splitlines() if '"train"' in l]
     assert len(lines) == 2 and all(torch.isfinite(torch.tensor(l["loss"])) for l in lines)
+
+
+def test_epoch_schedule_completes_its_last_epoch(tmp_path):
+    work = tmp_path / "epochs"
+    run_train(work, tiny_opts(tmp_path / "cache") + ["train.max_iters=null", "train.epochs=2", "train.lr_steps=[1]",
+                                                   "train.eval_interval=2"])
+    state = load_checkpoint_file(work / "latest.pth")
+    assert state["iteration"] == 10 and state["epoch"] == 2  # 10 images / batch 2 = 5 iterations per epoch
+    assert (work / "epoch_1.pth").is_file() and (work / "epoch_2.pth").is_file()
+    assert state["sampler"]["position"] == 0
