@@ -111,3 +111,14 @@ def test_checkpoint_without_iou_branch_loads_with_warning(tmp_path):
     wrong = iadet.build_detector(iadet.load_config(None, SMALL + ["model.num_classes=7"]))
     with pytest.raises(ValueError, match="plain.pth"):
         load_detector_weights(wrong, path)
+
+
+def test_backbone_init_from_a_torchvision_checkpoint(tmp_path):
+    import torchvision
+
+    reference = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), path)
+    model = iadet.build_detector(iadet.load_config(None, SMALL + [f"model.backbone.init={path}"]))
+    assert torch.equal(model.backbone.conv1.weight, reference.conv1.weight)
+    assert torch.equal(model.backbone.layer4[1].bn2.running_var, reference.layer4[1].bn2.running_var)
