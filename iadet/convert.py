@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Callable, Dict, Union
 
 import torch
+
+from iadet.io import atomic_torch_save
 from torch import Tensor
 
 StateDict = Dict[str, Tensor]
@@ -207,20 +209,8 @@ def count_parameters(state_dict: StateDict) -> int:
 
 
 def save_atomically(obj, path: Union[str, os.PathLike]) -> None:
-    """``torch.save(obj)`` to ``path`` via ``path.tmp`` in the same folder, fsync and rename,
-    so that a crash never leaves a half-written ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """``torch.save(obj)`` to ``path`` atomically (see :func:`iadet.io.atomic_torch_save`)."""
+    atomic_torch_save(obj, path)
 
 
 def _retinanet_meta(state_dict: StateDict) -> dict:

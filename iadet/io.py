@@ -44,11 +44,15 @@ def atomic_torch_save(obj, path: Union[str, Path]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # never leave a half-written temporary behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_text(text: str, path: Union[str, Path]) -> None:
