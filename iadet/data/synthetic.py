@@ -49,7 +49,7 @@ from iadet.data.shapes import (CLASSES, SUPERSAMPLE, RenderedShape, _rotation,  
                                rasterize_polygons, render_shape, shape_polygons)
 
 # Bump whenever a drawing rule or constant here or in shapes.py changes: it keys the cache.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 SPLITS = ("train", "val")
 SMALL_AREA, LARGE_AREA = 32 ** 2, 96 ** 2  # COCOeval's area ranges, absolute pixels
@@ -101,8 +101,8 @@ def _paint(canvas, shape, fill, alpha=None):
 
 
 def _background(rng, height, width, difficulty=1.0):
-    """(height, width, 3) float32: gradient, blobs, stripes, checks and clutter (scaled by
-    ``difficulty``)."""
+    """(height, width, 3) float32: a gradient with colour blobs, plus stripes, checks, fine
+    texture and clutter, whose frequency and amount scale with ``difficulty``."""
     yy = (np.arange(height, dtype=np.float32) + 0.5)[:, None]
     xx = (np.arange(width, dtype=np.float32) + 0.5)[None, :]
 
@@ -114,16 +114,16 @@ def _background(rng, height, width, difficulty=1.0):
     img = c0 + (c1 - c0) * u[..., None]
     if rng.random() < 0.6:   # large colour blobs
         img += _smooth_noise(rng, height, width, rng.integers(2, 8), rng.uniform(15, 60))
-    if rng.random() < 0.35:  # stripes, sinusoidal or square
+    if rng.random() < 0.35 * difficulty:  # stripes, sinusoidal or square
         wave = np.sin(2 * np.pi * along(rng.uniform(0, np.pi)) / rng.uniform(4, 40) + rng.uniform(0, 6.3))
         wave = np.sign(wave) if rng.random() < 0.5 else wave
         tint = rng.normal(size=3)
         img += wave[..., None] * (tint / np.linalg.norm(tint) * rng.uniform(10, 50)).astype(np.float32)
-    if rng.random() < 0.25:  # rotated checkerboard
+    if rng.random() < 0.25 * difficulty:  # rotated checkerboard
         angle, cell = rng.uniform(0, np.pi), rng.uniform(4, 24)
         check = np.sign(np.sin(np.pi * along(angle) / cell) * np.sin(np.pi * along(angle + np.pi / 2) / cell))
         img += check[..., None] * np.float32(rng.uniform(8, 35))
-    if rng.random() < 0.3:   # fine texture
+    if rng.random() < 0.3 * difficulty:   # fine texture
         img += _smooth_noise(rng, height, width, max(height, width) // rng.integers(2, 6), rng.uniform(5, 25))
     for _ in range(round(rng.integers(0, 7) * difficulty)):  # clutter: line segments
         length, thick = rng.uniform(10, 0.5 * max(height, width)), rng.uniform(1, 3)
@@ -200,7 +200,7 @@ def render_image(rng, height=320, width=320, num_classes=len(CLASSES), max_objec
         a = rng.uniform(0, 2 * np.pi)
         u = (xx * math.cos(a) + yy * math.sin(a)).astype(np.float32)
         fill = colour + (u * np.float32(rng.uniform(0, 30)))[..., None]
-        if rng.random() < P_TWO_TONE:
+        if rng.random() < P_TWO_TONE * difficulty:
             second = np.clip(colour + rng.normal(0, 60, 3), 0, 255).astype(np.float32)
             stripes = np.sin(u * np.float32(np.pi * rng.uniform(2, 5))) > 0
             fill = np.where(stripes[..., None], fill, second)
@@ -257,8 +257,10 @@ def generate_synthetic_coco(out_dir, num_train=2000, num_val=300, image_size=(32
     """Write the synthetic dataset under ``out_dir`` (must be absent or empty).
 
     image_size: (height, width); num_classes: the first ``num_classes`` of ``CLASSES``
-    (None: all); difficulty in [0, 1] scales the clutter, low-contrast and blurred objects,
-    image blur and pixel noise (1: the full set, 0: none of them). Returns ``{"root": Path, "train": {"img_dir": Path, "ann_file": Path},
+    (None: all); difficulty in [0, 1] scales background texture (stripes, checks, fine
+    texture) and clutter, low-contrast, two-tone and blurred objects, image blur and pixel
+    noise (1: the full set, 0: none of them: gradient and colour-blob backgrounds, solid
+    shaded objects; occlusion stays). Returns ``{"root": Path, "train": {"img_dir": Path, "ann_file": Path},
     "val": {...}}``. COCO ids start at 1; boxes are [x, y, w, h] floats, area = w * h.
     """
     s = synthetic_settings(num_train=num_train, num_val=num_val, image_size=image_size, seed=seed,

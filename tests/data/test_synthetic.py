@@ -177,7 +177,7 @@ def test_command_line_prints_a_summary(tmp_path, capsys):
     assert os.path.isfile(tmp_path / "cli" / "val" / "000001.png")
 
 
-def test_difficulty_scales_clutter_and_noise_only():
+def test_difficulty_scales_texture_clutter_and_noise():
     from iadet.data.synthetic import render_image
 
     full = render_image(np.random.default_rng(3), 96, 96, difficulty=1.0)
