@@ -3,7 +3,7 @@ PYTHON ?= python
 PYTEST_ARGS ?=
 CHECK_INSTALLED = $(PYTHON) -c "import iadet, torch, torchvision, pycocotools, yaml, tqdm, pytest, hypothesis, xdist" 2>/dev/null
 
-.PHONY: install ensure-installed test test-slow test-all quickstart bench clean
+.PHONY: install ensure-installed test test-slow test-all quickstart bench clean reproduce-coco reproduce-voc reproduce-mini
 
 install:
 	$(PYTHON) -m pip install -e '.[dev]'
@@ -30,6 +30,25 @@ quickstart: ensure-installed
 bench: ensure-installed
 	$(PYTHON) scripts/bench_nms.py
 	$(PYTHON) scripts/bench_data.py
+
+## the paper's experiments (README: Reproduction). DRY_RUN=1: a few iterations on a tiny
+## COCO/VOC-shaped synthetic set (tests the recipe on a CPU). ABLATIONS=1 (coco): also the
+## R50 [600, 1000] models of Tables 2-4. GPUS=N: train on N GPUs (default: all visible).
+COCO_ROOT ?= data/coco
+VOC_ROOT ?= data/VOCdevkit
+BACKBONES ?= r50
+SEEDS ?= 0,1
+REPRODUCE_ARGS = --backbones "$(BACKBONES)" $(if $(GPUS),--gpus $(GPUS)) $(if $(DRY_RUN),--dry-run) $(if $(ABLATIONS),--ablations)
+
+reproduce-coco: ensure-installed
+	$(PYTHON) -m iadet.tools.reproduce coco --root $(COCO_ROOT) $(REPRODUCE_ARGS)
+
+reproduce-voc: ensure-installed
+	$(PYTHON) -m iadet.tools.reproduce voc --root $(VOC_ROOT) $(REPRODUCE_ARGS)
+
+## the same study at CPU scale on the synthetic data (about an hour on 2 cores)
+reproduce-mini: ensure-installed
+	$(PYTHON) -m iadet.tools.reproduce mini --seeds "$(SEEDS)" $(if $(GPUS),--gpus $(GPUS)) $(if $(DRY_RUN),--dry-run)
 
 clean:
 	rm -rf build *.egg-info .pytest_cache work_dirs/quickstart

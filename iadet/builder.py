@@ -90,7 +90,8 @@ def build_dataset(cfg, split: str = "train", train_transforms: Optional[bool] = 
     """``cfg.data.<split>`` -> a dataset of (image, target) pairs.
 
     Args:
-        split: ``"train"`` or ``"val"``.
+        split: ``"train"``, ``"val"`` or ``"test"`` (``data.test``, e.g. COCO test-dev, whose
+            annotation file may hold images only).
         train_transforms: random flip etc. (default: True for ``"train"``).
     Raises:
         ConfigError naming ``model.num_classes`` when it disagrees with the dataset.
@@ -99,8 +100,8 @@ def build_dataset(cfg, split: str = "train", train_transforms: Optional[bool] = 
     from iadet.data.coco import CocoDetection
     from iadet.data.voc import VOCDetection
 
-    if split not in ("train", "val"):
-        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
     d = cfg.data
     section = getattr(d, split)
     train = split == "train" if train_transforms is None else train_transforms
@@ -113,6 +114,9 @@ def build_dataset(cfg, split: str = "train", train_transforms: Optional[bool] = 
                                keep_difficult=not train, skip_bad_images=d.skip_bad_images)
     else:
         if section.type == "synthetic":
+            if split == "test":
+                raise ConfigError("the synthetic dataset has train and val splits only; evaluate --split val",
+                                  key="data.test.type")
             root = synthetic_dataset_root(cfg)
             ann_file, image_dir = root / "annotations" / f"instances_{split}.json", root / split
         else:

@@ -258,7 +258,7 @@ class SyntheticConfig:
     max_objects: int = 10
     min_object_size: float = 10.0  # pixels; sides are log-uniform up to 0.7 x the short side
     empty_fraction: float = 0.05
-    difficulty: float = 1.0  # 0..1: clutter, low-contrast and blurred objects, noise
+    difficulty: float = 1.0  # 0..1: background texture, clutter, low-contrast/two-tone/blurred objects, noise
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.difficulty <= 1.0, "difficulty", "must be in [0, 1]", self.difficulty)
@@ -275,6 +275,7 @@ class DataConfig:
     # Paths come from configs/_base_/datasets/*.yaml; a section's defaults are the class's own.
     train: DatasetConfig = field(default_factory=DatasetConfig)
     val: DatasetConfig = field(default_factory=DatasetConfig)
+    test: DatasetConfig = field(default_factory=DatasetConfig)  # `iadet.eval --split test` (e.g. test-dev)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     crowd: Literal["drop", "ignore"] = "drop"  # authors drop crowd boxes in training
     filter_empty: bool = False  # drop training images without objects
@@ -309,6 +310,7 @@ class TrainConfig:
     sync_bn: bool = False  # convert trainable BatchNorm to SyncBatchNorm under DDP
     seed: int = 0
     eval_interval: int = 1  # evaluate every N epochs (0: only at the end)
+    eval_backend: Literal["fast", "pycocotools"] = "fast"  # COCO evaluator (equal numbers; iadet's is faster)
     checkpoint_interval: int = 0  # also checkpoint every N iterations (0: per epoch only)
     log_interval: int = 20
     work_dir: Optional[str] = None  # default work_dirs/<config name>

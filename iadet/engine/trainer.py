@@ -16,7 +16,8 @@ from iadet.data.loading import build_dataloader
 from iadet.engine.checkpointing import rng_state, save_checkpoint, set_rng_state
 from iadet.engine.distributed import DistInfo, barrier, broadcast_object
 from iadet.engine.run_dir import RunLogger
-from iadet.evaluation.coco_eval import coco_ground_truth, coco_metrics, format_metrics, predict_dataset
+from iadet.evaluation.metrics import evaluate_coco, format_metrics
+from iadet.evaluation.predict import coco_ground_truth, predict_dataset
 from iadet.checkpoint import load_checkpoint_file
 from iadet.io import atomic_write_text
 
@@ -199,8 +200,8 @@ class Trainer:
                                   progress=self.progress, amp_dtype=self.amp_dtype)
         metrics = None
         if dist.is_main:
-            metrics = coco_metrics(coco_ground_truth(self.val_set), results)
-            self.logger.log(metrics, self.iteration, prefix="val")
+            metrics = evaluate_coco(coco_ground_truth(self.val_set), results, backend=self.cfg.train.eval_backend)
+            self.logger.log({k: v for k, v in metrics.items() if k != "per_class"}, self.iteration, prefix="val")
             print(f"\nevaluation at iteration {self.iteration} (epoch {self.epoch}), {len(results)} detections:")
             print(format_metrics(metrics))
             if metrics["AP"] > self.best_ap:

@@ -90,7 +90,7 @@ class PostProcessor:
 
     def __call__(self, head_out: Dict[str, Tensor], anchors: Tensor,
                  image_sizes: Sequence[Tuple[int, int]], alpha: Optional[float] = "default",
-                 ) -> List[Dict[str, Tensor]]:
+                 iou_prob: Optional[Tensor] = None) -> List[Dict[str, Tensor]]:
         """Detections for a batch.
 
         Args:
@@ -100,15 +100,20 @@ class PostProcessor:
             image_sizes: (height, width) of each image inside the padded batch; boxes are
                 clipped to it.
             alpha: overrides the configured alpha for this call.
+            iou_prob: (N, M) IoU per anchor that replaces the predicted one in Eq. 7 (the
+                paper's upper bound, Table 6, passes IoU_truth here); the model then needs
+                no IoU branch.
         Returns:
             one dict per image: ``boxes`` (K, 4) xyxy in input pixels, ``scores`` (K,) S,
             ``labels`` (K,) int64 class index, ``cls_scores`` (K,) p, and ``ious`` (K,)
-            predicted IoU when the model has the IoU branch. Sorted by decreasing S.
+            IoU used in Eq. 7 (predicted, or ``iou_prob``) when there is one. Sorted by
+            decreasing S.
         """
         alpha = self.alpha if alpha == "default" else alpha
         cls_prob = head_out["cls_logits"].sigmoid()
-        iou_logits = head_out.get("iou_logits")
-        iou_prob = iou_logits.sigmoid() if iou_logits is not None else None
+        if iou_prob is None:
+            iou_logits = head_out.get("iou_logits")
+            iou_prob = iou_logits.sigmoid() if iou_logits is not None else None
         scores = detection_confidence(cls_prob, iou_prob, alpha)
         img, anchor, label, score = self.select_candidates(scores, head_out["num_anchors_per_level"])
 
