@@ -129,7 +129,9 @@ def confidence_analysis(coco_gt, detections: Dict[Tuple[str, Optional[float]], D
                 result["calibration"] = plots.plot_iou_calibration(
                     dets.iou[positives], truth[positives], Path(plot_dir) / "iou_calibration.png")
             else:
-                result["calibration"] = {"correlation": plots.correlations(dets.iou[positives], truth[positives])}
+                pred, true = dets.iou[positives], truth[positives]
+                mae = float(np.abs(pred - true).mean()) if len(pred) else None
+                result["calibration"] = {**plots.correlations(pred, true), "mae": mae}
     if best_truth is not None:
         dets = by_name[("truth", best_truth["alpha"])]
         ev, _ = detection_ious(coco_gt, dets)
