@@ -14,7 +14,7 @@ from iadet.builder import build_criterion, build_dataset, build_detector, build_
 from iadet.config import ConfigError, config_to_dict
 from iadet.data.loading import build_dataloader
 from iadet.engine.checkpointing import rng_state, save_checkpoint, set_rng_state
-from iadet.engine.distributed import DistInfo, barrier, broadcast_object
+from iadet.engine.distributed import DistInfo, all_gather_objects, barrier, broadcast_object
 from iadet.engine.run_dir import RunLogger
 from iadet.evaluation.metrics import evaluate_coco, format_metrics
 from iadet.evaluation.predict import coco_ground_truth, predict_dataset
@@ -88,8 +88,10 @@ class Trainer:
             self.load(resume)
 
     # ------------------------------------------------------------------ state
-    def state_dict(self, consumed_in_epoch: int) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+    def state_dict(self, consumed_in_epoch: int, rng_per_rank: Optional[list] = None) -> dict:
+        """The full resume state. ``rng_per_rank``: every rank's RNG states (gathered by
+        :meth:`save`), so that each rank of a resumed DDP run continues its own streams."""
+        return {"rng_per_rank": rng_per_rank or [rng_state()], "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "schedule": self.schedule.state_dict(),
                 "iteration": self.iteration, "epoch": self.epoch, "best_ap": self.best_ap,
                 "sampler": self.loader.batch_sampler.state_dict(consumed=consumed_in_epoch),
@@ -105,13 +107,22 @@ class Trainer:
         self.iteration, self.epoch = int(state["iteration"]), int(state["epoch"])
         self.best_ap = float(state.get("best_ap", -1.0))
         self.loader.batch_sampler.load_state_dict(state["sampler"])
-        set_rng_state(state["rng"])
+        per_rank = state.get("rng_per_rank") or [state["rng"]]
+        if len(per_rank) == self.dist.world_size:
+            set_rng_state(per_rank[self.dist.rank])
+        else:  # another world size: every rank starts from rank 0's streams
+            set_rng_state(per_rank[0])
+            if self.dist.is_main:
+                print(f"note: {path} was written by {len(per_rank)} process(es), this run has "
+                      f"{self.dist.world_size}: the random streams are not continued exactly")
         if self.dist.is_main:
             print(f"resumed from {path} at iteration {self.iteration} (epoch {self.epoch})")
 
     def save(self, name: str, consumed_in_epoch: int) -> None:
+        """Checkpoint (every rank calls it: the RNG states are gathered; rank 0 writes)."""
+        rng_per_rank = all_gather_objects(rng_state())
         if self.dist.is_main:
-            state = self.state_dict(consumed_in_epoch)
+            state = self.state_dict(consumed_in_epoch, rng_per_rank)
             save_checkpoint(state, self.work_dir / name)
             if name != "latest.pth":
                 save_checkpoint(state, self.work_dir / "latest.pth")
