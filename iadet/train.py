@@ -35,7 +35,7 @@ def main(argv=None):
     args = parse_args(argv)
     from iadet.engine.checkpointing import find_resume_checkpoint
     from iadet.engine.distributed import cleanup, init_distributed
-    from iadet.engine.trainer import NonFiniteLossError, Trainer
+    from iadet.engine.trainer import NonFiniteLossError, Trainer, TrainingInterrupted
 
     try:
         cfg = load_config(args.config, args.opts)
@@ -57,6 +57,9 @@ def main(argv=None):
     except NonFiniteLossError as exc:
         print(f"error: non-finite loss: {exc}", file=sys.stderr)
         sys.exit(3)
+    except TrainingInterrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        sys.exit(128 + int(exc.signum))  # the shell's convention for a signal
     finally:
         cleanup()
 

@@ -312,6 +312,7 @@ class TrainConfig:
     eval_interval: int = 1  # evaluate every N epochs (0: only at the end)
     eval_backend: Literal["fast", "pycocotools"] = "fast"  # COCO evaluator (equal numbers; iadet's is faster)
     checkpoint_interval: int = 0  # also checkpoint every N iterations (0: per epoch only)
+    nonfinite: Literal["stop", "skip"] = "stop"  # a non-finite loss stops the run, or skips its batch (counted)
     log_interval: int = 20
     work_dir: Optional[str] = None  # default work_dirs/<config name>
 

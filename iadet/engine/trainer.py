@@ -1,6 +1,7 @@
 """The training loop: one readable step, full-state checkpoints, evaluation, logging."""
 import json
 import math
+import signal
 import sys
 import time
 from pathlib import Path
@@ -22,6 +23,15 @@ from iadet.checkpoint import load_checkpoint_file
 from iadet.io import atomic_write_text
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGTERM or Ctrl-C: the run saved ``latest.pth`` and stopped (``signum`` says which)."""
+
+    def __init__(self, signum: int, iteration: int, path: Path):
+        self.signum, self.iteration, self.path = signum, iteration, path
+        super().__init__(f"{signal.Signals(signum).name} at iteration {iteration}: saved {path}; "
+                         "continue with --resume auto")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -83,7 +93,8 @@ class Trainer:
         self.schedule = build_schedule(cfg, total_batch, [s * step_unit for s in t.lr_steps])
         self.amp_dtype = AMP_DTYPES[t.amp]
         self.scaler = torch.amp.GradScaler(dist.device.type, enabled=t.amp == "fp16")
-        self.iteration, self.epoch, self.best_ap = 0, 0, -1.0
+        self.iteration, self.epoch, self.best_ap, self.skipped_batches = 0, 0, -1.0, 0
+        self._stop_signal: Optional[int] = None
         if resume is not None:
             self.load(resume)
 
@@ -94,6 +105,7 @@ class Trainer:
         return {"rng_per_rank": rng_per_rank or [rng_state()], "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "schedule": self.schedule.state_dict(),
                 "iteration": self.iteration, "epoch": self.epoch, "best_ap": self.best_ap,
+                "skipped_batches": self.skipped_batches,
                 "sampler": self.loader.batch_sampler.state_dict(consumed=consumed_in_epoch),
                 "rng": rng_state(), "config": config_to_dict(self.cfg),
                 "meta": {"class_names": list(self.train_set.class_names),
@@ -106,6 +118,7 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.iteration, self.epoch = int(state["iteration"]), int(state["epoch"])
         self.best_ap = float(state.get("best_ap", -1.0))
+        self.skipped_batches = int(state.get("skipped_batches", 0))
         self.loader.batch_sampler.load_state_dict(state["sampler"])
         per_rank = state.get("rng_per_rank") or [state["rng"]]
         if len(per_rank) == self.dist.world_size:
@@ -127,6 +140,29 @@ class Trainer:
             if name != "latest.pth":
                 save_checkpoint(state, self.work_dir / "latest.pth")
 
+    def _on_any_rank(self, flag: bool) -> bool:
+        """Whether ``flag`` is set on any rank (one one-element all-reduce under DDP)."""
+        if not self.dist.distributed:
+            return flag
+        value = torch.tensor([float(flag)], device=self.dist.device)
+        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+        return bool(value.item())
+
+    def _request_stop(self, signum, frame) -> None:
+        if self._stop_signal is not None and signum == signal.SIGINT:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self._stop_signal = signum
+        if self.dist.is_main:
+            print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this iteration "
+                  "(Ctrl-C again to stop at once)", file=sys.stderr)
+
+    def _install_signal_handlers(self) -> dict:
+        """SIGTERM and SIGINT set a flag that :meth:`train` checks after every iteration."""
+        import threading
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        return {s: signal.signal(s, self._request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+
     # ------------------------------------------------------------------ step
     def train_step(self, batch) -> Dict[str, float]:
         """Forward, losses (Eq. 6), backward, clip, SGD step. Returns the logged values."""
@@ -139,12 +175,19 @@ class Trainer:
         losses = self.criterion(out, out["anchors"], targets)  # float32 inside
         terms = {k: v for k, v in losses.items() if k.startswith("loss_")}
         total = sum(terms.values())
-        for name, value in terms.items():
-            if not torch.isfinite(value):
-                ids = [t["image_id"] for t in batch["targets"]]
-                raise NonFiniteLossError(f"{name} = {value.item()} at iteration {self.iteration} (lr {lr:.3g}) on "
-                                         f"images {ids}; the last good checkpoint is in {self.work_dir}. Lower "
-                                         "train.lr, check these images' boxes, or use train.grad_clip.")
+        bad = [f"{name} = {value.item()}" for name, value in terms.items() if not torch.isfinite(value)]
+        if self._on_any_rank(bool(bad)):  # every rank skips or stops together
+            ids = [t["image_id"] for t in batch["targets"]]
+            what = ", ".join(bad) if bad else "a loss term on another rank"
+            message = (f"{what} at iteration {self.iteration} (lr {lr:.3g}) on images {ids} (rank {self.dist.rank})")
+            if self.cfg.train.nonfinite == "skip":
+                self.skipped_batches += 1
+                print(f"warning: skipped batch {self.skipped_batches}: non-finite {message}", file=sys.stderr)
+                self.optimizer.zero_grad(set_to_none=True)
+                return {"lr": lr, "skipped_batches": float(self.skipped_batches)}
+            raise NonFiniteLossError(f"{message}; the last good checkpoint is in {self.work_dir}. Lower train.lr, "
+                                     "check these images' boxes, use train.grad_clip, or set "
+                                     "train.nonfinite: skip to skip such batches.")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         grad_norm = None
@@ -154,18 +197,37 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         record = {k: float(v.detach()) for k, v in terms.items()}
-        record.update(loss=float(total.detach()), lr=lr, num_pos=float(losses.get("num_pos", 0.0)))
+        record.update(loss=float(total.detach()), lr=lr, num_pos=float(losses.get("num_pos", 0.0)),
+                      skipped_batches=float(self.skipped_batches))
         if grad_norm is not None:
             record["grad_norm"] = grad_norm
         return record
 
     # ------------------------------------------------------------------ loops
     def train(self) -> Optional[Dict[str, float]]:
-        t = self.cfg.train
+        """Train to ``max_iters``, save ``latest.pth``, evaluate; returns the final metrics."""
         self.model.train()
         bar = tqdm(total=self.max_iters, initial=self.iteration, desc="train", unit="it",
                    disable=not self.progress, dynamic_ncols=True)
-        metrics, start, start_iter = None, time.time(), self.iteration
+        start, start_iter = time.time(), self.iteration
+        previous_handlers = self._install_signal_handlers()
+        try:
+            consumed = self._train_loop(bar, start, start_iter)
+        finally:
+            for sig, handler in previous_handlers.items():
+                signal.signal(sig, handler)
+        bar.close()
+        self.save("latest.pth", consumed)
+        metrics = self.evaluate(final=True)
+        self.logger.close()
+        return metrics
+
+    def _train_loop(self, bar, start: float, start_iter: int) -> int:
+        """Iterate until ``max_iters``; returns the batches consumed in the current epoch.
+
+        Raises TrainingInterrupted (after saving ``latest.pth``) once SIGTERM or Ctrl-C
+        arrived on any rank."""
+        t = self.cfg.train
         consumed = self.loader.batch_sampler.state_dict()["position"]
         while self.iteration < self.max_iters:
             sampler = self.loader.batch_sampler
@@ -186,6 +248,12 @@ class Trainer:
                 bar.update(1)
                 if t.checkpoint_interval and self.iteration % t.checkpoint_interval == 0:
                     self.save(f"iter_{self.iteration}.pth", consumed)
+                if self._on_any_rank(self._stop_signal is not None):
+                    bar.close()
+                    self.save("latest.pth", consumed)
+                    self.logger.close()
+                    raise TrainingInterrupted(self._stop_signal or signal.SIGTERM, self.iteration,
+                                              self.work_dir / "latest.pth")
                 if self.iteration >= self.max_iters:
                     break
             if consumed >= self.iters_per_epoch:  # the epoch is complete (also when it ends the run)
@@ -193,12 +261,8 @@ class Trainer:
                 consumed = 0
                 self.save(f"epoch_{self.epoch}.pth", 0)
                 if t.eval_interval and self.epoch % t.eval_interval == 0 and self.iteration < self.max_iters:
-                    metrics = self.evaluate()
-        bar.close()
-        self.save("latest.pth", consumed)
-        metrics = self.evaluate(final=True)
-        self.logger.close()
-        return metrics
+                    self.evaluate()
+        return consumed
 
     def evaluate(self, final: bool = False) -> Optional[Dict[str, float]]:
         """COCO box AP on ``cfg.data.val`` (every rank runs its shard; rank 0 scores)."""

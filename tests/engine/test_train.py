@@ -81,3 +81,50 @@ def test_epoch_schedule_completes_its_last_epoch(tmp_path):
     assert state["iteration"] == 10 and state["epoch"] == 2  # 10 images / batch 2 = 5 iterations per epoch
     assert (work / "epoch_1.pth").is_file() and (work / "epoch_2.pth").is_file()
     assert state["sampler"]["position"] == 0
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_reaches_the_same_weights(tmp_path):
+    """SIGTERM mid-run: exit code 143, latest.pth at the iteration reached; resuming gives the
+    weights of an uninterrupted run."""
+    import signal
+    import time
+    opts = tiny_opts(tmp_path / "cache") + ["train.eval_interval=0", "train.lr_steps=[30]", "train.max_iters=40"]
+    run_train(tmp_path / "straight", opts)
+    work = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "iadet.train", "--config", str(CONFIGS / "quickstart.yaml"), "--work-dir",
+           str(work), "--device", "cpu", "--no-progress", "--opts", *opts, "train.log_interval=1"]
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # wait for a few logged iterations, then stop it
+        log = work / "metrics.jsonl"
+        if log.is_file() and len(log.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "SIGTERM" in err and "--resume auto" in err
+    state = load_checkpoint_file(work / "latest.pth")
+    assert 3 <= state["iteration"] < 40
+    run_train(work, opts, extra=["--resume", "auto"])
+    a = load_checkpoint_file(tmp_path / "straight" / "latest.pth")
+    b = load_checkpoint_file(work / "latest.pth")
+    assert a["iteration"] == b["iteration"] == 40
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+
+
+def test_nonfinite_loss_stops_with_the_culprit_named_or_is_skipped(tmp_path):
+    """A learning rate of 1e30 blows the weights up: every loss after the first step is non-finite."""
+    opts = tiny_opts(tmp_path / "cache") + ["train.eval_interval=0", "train.max_iters=4", "train.lr=1.0e+30",
+                                             "train.grad_clip=null", "train.warmup_iters=0"]
+    cmd = [sys.executable, "-m", "iadet.train", "--config", str(CONFIGS / "quickstart.yaml"), "--work-dir",
+           str(tmp_path / "stop"), "--device", "cpu", "--no-progress", "--opts", *opts]
+    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 3, done.stderr[-3000:]
+    assert "non-finite" in done.stderr and "iteration" in done.stderr and "images [" in done.stderr
+    assert "train.nonfinite: skip" in done.stderr
+    skipped = run_train(tmp_path / "skip", opts + ["train.nonfinite=skip"])
+    assert "skipped batch" in skipped.stderr
+    state = load_checkpoint_file(tmp_path / "skip" / "latest.pth")
+    assert state["iteration"] == 4 and state["skipped_batches"] >= 1
