@@ -88,7 +88,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_reaches_the_same_weights(tmp_path
     weights of an uninterrupted run."""
     import signal
     import time
-    opts = tiny_opts(tmp_path / "cache") + ["train.eval_interval=0", "train.lr_steps=[30]", "train.max_iters=40"]
+    opts = tiny_opts(tmp_path / "cache") + ["train.eval_interval=0", "train.lr_steps=[12]", "train.max_iters=16"]
     run_train(tmp_path / "straight", opts)
     work = tmp_path / "killed"
     cmd = [sys.executable, "-m", "iadet.train", "--config", str(CONFIGS / "quickstart.yaml"), "--work-dir",
@@ -105,11 +105,11 @@ def test_sigterm_saves_a_checkpoint_and_resume_reaches_the_same_weights(tmp_path
     assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
     assert "SIGTERM" in err and "--resume auto" in err
     state = load_checkpoint_file(work / "latest.pth")
-    assert 3 <= state["iteration"] < 40
+    assert 3 <= state["iteration"] < 16
     run_train(work, opts, extra=["--resume", "auto"])
     a = load_checkpoint_file(tmp_path / "straight" / "latest.pth")
     b = load_checkpoint_file(work / "latest.pth")
-    assert a["iteration"] == b["iteration"] == 40
+    assert a["iteration"] == b["iteration"] == 16
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
 
