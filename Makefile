@@ -28,8 +28,7 @@ quickstart: ensure-installed
 
 ## benchmarks: print iadet / reference ratios measured in the same run (never asserted in tests)
 bench: ensure-installed
-	$(PYTHON) scripts/bench_nms.py
-	$(PYTHON) scripts/bench_data.py
+	$(PYTHON) scripts/bench.py --json-out bench.json
 
 ## the paper's experiments (README: Reproduction). DRY_RUN=1: a few iterations on a tiny
 ## COCO/VOC-shaped synthetic set (tests the recipe on a CPU). ABLATIONS=1 (coco): also the

@@ -71,13 +71,26 @@ def _assert_same_features(fused, plain):
         assert (a - b).abs().max() <= 1e-4 * max(1.0, b.abs().max())
 
 
-def _assert_same_detections(got, expected):
+def _assert_same_detections(got, expected, score_tol=1e-5, box_tol=1e-2):
+    """Same detections within float tolerance: one-to-one matches with the same label, scores
+    within ``score_tol`` and boxes within ``box_tol`` px. Detections whose scores differ by
+    less than ``score_tol`` may come out in either order (float near-ties), and one within
+    ``score_tol`` of the lowest kept score may be cut by max_det on one side only."""
     assert len(expected["scores"]) >= 20, "the weights must give many detections for a real test"
-    assert torch.equal(got["labels"], expected["labels"])
-    assert (got["scores"] - expected["scores"]).abs().max() <= 1e-5
-    assert (got["boxes"] - expected["boxes"]).abs().max() <= 1e-2
+    close = ((got["labels"][:, None] == expected["labels"][None])
+             & ((got["scores"][:, None] - expected["scores"][None]).abs() <= score_tol)
+             & ((got["boxes"][:, None] - expected["boxes"][None]).abs().amax(-1) <= box_tol))
     if "ious" in expected:
-        assert (got["ious"] - expected["ious"]).abs().max() <= 1e-5
+        close &= (got["ious"][:, None] - expected["ious"][None]).abs() <= score_tol
+    used = torch.zeros(len(expected["scores"]), dtype=torch.bool)
+    for i in range(len(got["scores"])):
+        candidates = (close[i] & ~used).nonzero().flatten()
+        if candidates.numel() == 0:
+            assert got["scores"][i] - got["scores"][-1] <= score_tol, f"detection {i} has no match"
+            continue
+        used[candidates[0]] = True
+    leftover = expected["scores"][~used]
+    assert (leftover - expected["scores"][-1] <= score_tol).all(), "expected detections without a match"
 
 
 @pytest.mark.parametrize("norm", ["frozen", "frozen_stats"])
