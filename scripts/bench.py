@@ -5,7 +5,8 @@ same weights, alternating the two (order reversed every repeat) after a warm-up,
 median / min / max seconds, the ratio iadet / reference, the goal and whether it is met.
 Where the two must agree (detections, losses, NMS keeps, COCO stats) the row also checks it.
 
-Rows (``--only``, comma-separated; default all):
+Rows (``--only``, comma-separated; default all but the diagnostic ``fast_paths`` and
+``profile``; ``--only all`` runs every row):
 
   r50_fp32      whole R50-FPN inference, batch 1, fp32: iadet ``model.predict`` vs torchvision
                 ``RetinaNet([img])`` (eval, no_grad), both from the same float image and each
@@ -35,7 +36,8 @@ Rows (``--only``, comma-separated; default all):
 
 Examples::
 
-    PYTHONPATH=. python scripts/bench.py                       # everything, default sizes
+    PYTHONPATH=. python scripts/bench.py                       # the rows, full sizes (~8.5 min, 2 cores)
+    PYTHONPATH=. python scripts/bench.py --only all --repeats 5  # plus fast_paths and profile (~15 min)
     PYTHONPATH=. python scripts/bench.py --quick --threads 1   # small sizes, a smoke run
     PYTHONPATH=. python scripts/bench.py --only nms,postprocess --repeats 9
     PYTHONPATH=. python scripts/bench.py --device cuda
@@ -82,6 +84,10 @@ COCO128 = REPO.parent / "shared" / "data" / "coco128"
 ALL_ROWS = ("r50_fp32", "r50_fp32_fast", "r50_bf16", "r50_bf16_fast", "bf16_ap", "postprocess", "nms",
             "train_step", "train_step_fast", "loss", "coco_eval", "iou_branch", "train_memory", "fast_paths",
             "profile")
+
+# diagnostic rows, not run by default (``--only all`` or naming them runs them): they add ~2.5 min
+DIAGNOSTIC_ROWS = ("fast_paths", "profile")
+DEFAULT_ROWS = tuple(r for r in ALL_ROWS if r not in DIAGNOSTIC_ROWS)
 
 # goal: iadet / reference at most this
 GOALS = {"r50_fp32": 0.85, "r50_bf16": 0.5, "postprocess": 0.3, "nms": 1.5, "train_step": 0.8, "loss": 0.3,
@@ -922,9 +928,11 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per side, alternating (default 5)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per side, alternating (default 3)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    parser.add_argument("--only", default=None, help=f"comma-separated rows: {', '.join(ALL_ROWS)}")
+    parser.add_argument("--only", default=None,
+                        help=f"comma-separated rows, or 'all' (default: all but the diagnostic "
+                             f"{', '.join(DIAGNOSTIC_ROWS)}): {', '.join(ALL_ROWS)}")
     parser.add_argument("--quick", action="store_true",
                         help="small sizes for a smoke run (320x480 inference, batch 2 at 256 training, 500 images eval)")
     parser.add_argument("--json-out", default="bench.json")
@@ -937,7 +945,12 @@ def main(argv=None):
         return memory_child(args.memory_child, args.memory_inputs)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda was requested but torch.cuda.is_available() is False")
-    rows = list(ALL_ROWS) if args.only is None else [r.strip() for r in args.only.split(",") if r.strip()]
+    if args.only is None:
+        rows = list(DEFAULT_ROWS)
+    elif args.only.strip() == "all":
+        rows = list(ALL_ROWS)
+    else:
+        rows = [r.strip() for r in args.only.split(",") if r.strip()]
     unknown = [r for r in rows if r not in ALL_ROWS]
     if unknown:
         raise SystemExit(f"unknown row(s) {unknown}; valid: {', '.join(ALL_ROWS)}")
