@@ -68,10 +68,6 @@ def write_sweep(rows: List[Dict], out_dir: Path, header: str = "") -> Tuple[Path
     return md, js
 
 
-def _boxes_xyxy(bbox: np.ndarray) -> np.ndarray:
-    return np.concatenate([bbox[:, :2], bbox[:, :2] + bbox[:, 2:]], 1) if len(bbox) else np.zeros((0, 4))
-
-
 def detection_ious(coco_gt, dets: Detections) -> Tuple[np.ndarray, np.ndarray]:
     """Per detection: (IoU_eval, IoU_truth) against the non-crowd ground truth of its image.
 
@@ -79,23 +75,9 @@ def detection_ious(coco_gt, dets: Detections) -> Tuple[np.ndarray, np.ndarray]:
     positives; paper §4.3). IoU_truth: largest IoU with any ground-truth box (Table 6).
     Both 0 where no such box exists.
     """
-    from iadet.evaluation.plots import iou_eval, iou_truth
+    from iadet.evaluation.plots import iou_eval_truth_arrays
 
-    out_eval = np.zeros(len(dets), np.float64)
-    out_truth = np.zeros(len(dets), np.float64)
-    if not len(dets):
-        return out_eval, out_truth
-    order = np.argsort(dets.image_id, kind="stable")
-    bounds = np.flatnonzero(np.diff(dets.image_id[order])) + 1
-    for idx in np.split(order, bounds):
-        image_id = int(dets.image_id[idx[0]])
-        anns = [a for a in coco_gt.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0)]
-        gt_boxes = _boxes_xyxy(np.array([a["bbox"] for a in anns], np.float64).reshape(-1, 4))
-        gt_labels = np.array([a["category_id"] for a in anns], np.int64)
-        boxes = _boxes_xyxy(dets.bbox[idx].astype(np.float64))
-        out_eval[idx] = iou_eval(boxes, dets.category_id[idx], gt_boxes, gt_labels)
-        out_truth[idx] = iou_truth(boxes, gt_boxes)
-    return out_eval, out_truth
+    return iou_eval_truth_arrays(coco_gt, dets.image_id, dets.category_id, dets.bbox)
 
 
 def confidence_analysis(coco_gt, detections: Dict[Tuple[str, Optional[float]], Detections],

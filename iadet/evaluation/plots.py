@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 
 from iadet.ops.boxes import box_iou
 
-__all__ = ["iou_eval", "iou_truth", "results_iou_eval_truth", "correlations", "plot_confidence_vs_iou",
+__all__ = ["iou_eval", "iou_truth", "results_iou_eval_truth", "iou_eval_truth_arrays", "correlations", "plot_confidence_vs_iou",
            "plot_iou_calibration", "plot_alpha_sweep"]
 
 PathLike = Union[str, os.PathLike]
@@ -71,25 +71,35 @@ def results_iou_eval_truth(gt, results: Sequence[dict], include_crowd: bool = Fa
     (``iscrowd=1``) are left out unless ``include_crowd``. Returns two (len(results),)
     arrays in the order of ``results``.
     """
+    return iou_eval_truth_arrays(gt, [r["image_id"] for r in results], [r["category_id"] for r in results],
+                                 [r["bbox"] for r in results], include_crowd)
+
+
+def iou_eval_truth_arrays(gt, image_ids, category_ids, bboxes, include_crowd: bool = False
+                          ) -> Tuple[np.ndarray, np.ndarray]:
+    """:func:`results_iou_eval_truth` on parallel arrays: (K,) image ids, (K,) category ids,
+    (K, 4) ``[x, y, w, h]`` boxes."""
     dataset = gt.dataset if hasattr(gt, "dataset") else gt
     by_image: Dict[int, List[dict]] = {}
     for ann in dataset["annotations"]:
         if include_crowd or not ann.get("iscrowd", 0):
             by_image.setdefault(ann["image_id"], []).append(ann)
-    dets_by_image: Dict[int, List[int]] = {}
-    for k, r in enumerate(results):
-        dets_by_image.setdefault(r["image_id"], []).append(k)
-    out_eval, out_truth = np.zeros(len(results)), np.zeros(len(results))
+    image_ids = np.asarray(image_ids, dtype=np.int64).reshape(-1)
+    category_ids = np.asarray(category_ids, dtype=np.int64).reshape(-1)
+    boxes = np.asarray(bboxes, dtype=np.float64).reshape(-1, 4)
+    out_eval, out_truth = np.zeros(len(image_ids)), np.zeros(len(image_ids))
 
     def xyxy(xywh):
         b = np.asarray(xywh, dtype=np.float64).reshape(-1, 4)
         return np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1)
 
-    for image_id, idx in dets_by_image.items():
-        anns = by_image.get(image_id, [])
-        det = xyxy([results[k]["bbox"] for k in idx])
-        gtb = xyxy([a["bbox"] for a in anns])
-        out_eval[idx] = iou_eval(det, [results[k]["category_id"] for k in idx], gtb, [a["category_id"] for a in anns])
+    order = np.argsort(image_ids, kind="stable")
+    for idx in np.split(order, np.flatnonzero(np.diff(image_ids[order])) + 1):
+        if not len(idx):
+            continue
+        anns = by_image.get(int(image_ids[idx[0]]), [])
+        det, gtb = xyxy(boxes[idx]), xyxy([a["bbox"] for a in anns])
+        out_eval[idx] = iou_eval(det, category_ids[idx], gtb, [a["category_id"] for a in anns])
         out_truth[idx] = iou_truth(det, gtb)
     return out_eval, out_truth
 
