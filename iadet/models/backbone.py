@@ -13,6 +13,7 @@ import os
 from functools import partial
 from typing import Callable, Dict, List, Sequence, Tuple, Union
 
+import torch
 from torch import Tensor, nn
 
 from iadet.convert import convert_torchvision_resnet, read_state_dict, unwrap_state_dict
@@ -54,7 +55,7 @@ class BasicBlock(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
+        return self.relu(_add_residual(out, identity))
 
 
 class Bottleneck(nn.Module):
@@ -82,7 +83,17 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+        return self.relu(_add_residual(out, identity))
+
+
+def _add_residual(out: Tensor, identity: Tensor) -> Tensor:
+    """``out + identity``, written into ``out`` when that keeps the promoted dtype (as
+    torchvision's blocks do: one full-size allocation less per block). Under autocast a
+    bf16 ``out`` with a float32 ``identity`` is added out of place, so the result is
+    float32 either way. Safe for autograd: addition needs neither input for its backward."""
+    if torch.result_type(out, identity) == out.dtype:
+        return out.add_(identity)
+    return out + identity
 
 
 def _shortcut(in_channels: int, out_channels: int, stride: int, norm: NormFactory):

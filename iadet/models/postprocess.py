@@ -64,29 +64,56 @@ class PostProcessor:
     def select_candidates(self, scores: Tensor, num_anchors_per_level: Sequence[int]):
         """Per-level top-k and threshold on S.
 
+        Per level, when at most half of the scores pass the threshold (the usual case for
+        a trained detector), the scores above it are gathered first and the top-k is taken
+        among them; otherwise one top-k runs over the whole level. Both give the same
+        candidates (up to the order of exactly equal scores); the switch only saves time.
+
         Args:
             scores: (N, M, C) confidences S.
         Returns:
-            (image_idx, anchor_idx, label, score), each (K,), flattened over the batch.
+            (image_idx, anchor_idx, label, score), each (K,), flattened over the batch in
+            image order.
         """
         n, _, c = scores.shape
-        picked_scores, picked_flat = [], []
+        picked = []
         start = 0
         for count in num_anchors_per_level:
             level = scores[:, start:start + count].reshape(n, -1)
-            if self.order == "thr_then_topk":
-                level = level.masked_fill(level <= self.score_thr, -1.0)
-            k = min(self.topk_per_level, level.shape[1])
-            vals, idx = level.topk(k, dim=1)
-            picked_scores.append(vals)
-            picked_flat.append(idx + start * c)
+            img, idx, vals = self._level_candidates(level)
+            picked.append((img, idx + start * c, vals))
             start += count
-        vals = torch.cat(picked_scores, 1)
-        flat = torch.cat(picked_flat, 1)
-        valid = vals > self.score_thr
-        image_idx = torch.arange(n, device=scores.device)[:, None].expand_as(flat)[valid]
-        flat = flat[valid]
-        return image_idx, flat // c, flat % c, vals[valid]
+        img, flat, vals = (torch.cat(parts) for parts in zip(*picked))
+        by_image = torch.sort(img, stable=True).indices
+        img, flat, vals = img[by_image], flat[by_image], vals[by_image]
+        return img, flat // c, flat % c, vals
+
+    def _level_candidates(self, level: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """(image_idx, flat_idx, score) of one level's candidates; ``level`` is (N, A * C)."""
+        n, size = level.shape
+        k = min(self.topk_per_level, size)
+        above = level > self.score_thr
+        if 2 * int(above.sum()) > above.numel():
+            # Dense: one top-k over the level, then the threshold.
+            if self.order == "thr_then_topk":
+                level = level.masked_fill(~above, -1.0)
+            vals, idx = level.topk(k, dim=1)
+            valid = vals > self.score_thr
+            img = torch.arange(n, device=level.device)[:, None].expand_as(idx)[valid]
+            return img, idx[valid], vals[valid]
+        # Sparse: threshold first, then the top-k of each image among its candidates.
+        img, idx = above.nonzero(as_tuple=True)
+        vals = level[img, idx]
+        if vals.numel() > k:  # some image may have more than k candidates
+            by_score = torch.sort(vals, descending=True, stable=True).indices
+            order = by_score[torch.sort(img[by_score], stable=True).indices]
+            img, idx, vals = img[order], idx[order], vals[order]
+            counts = torch.bincount(img, minlength=n)
+            starts = torch.cumsum(counts, 0) - counts
+            rank = torch.arange(img.numel(), device=img.device) - starts[img]
+            keep = rank < k
+            img, idx, vals = img[keep], idx[keep], vals[keep]
+        return img, idx, vals
 
     def __call__(self, head_out: Dict[str, Tensor], anchors: Tensor,
                  image_sizes: Sequence[Tuple[int, int]], alpha: Optional[float] = "default",

@@ -120,3 +120,30 @@ def test_bad_arguments():
         PostProcessor(DeltaBoxCoder(), alpha=1.5)
     with pytest.raises(ValueError, match="order"):
         PostProcessor(DeltaBoxCoder(), order="random")
+
+
+@pytest.mark.parametrize("order", ["topk_then_thr", "thr_then_topk"])
+@pytest.mark.parametrize("score_thr", [0.97, 0.6, 0.3, 0.02])  # sparse ... dense levels
+@pytest.mark.parametrize("topk", [5, 40, 10_000])
+def test_select_candidates_equals_full_topk_then_threshold(order, score_thr, topk):
+    """The sparse (threshold first) and dense (one top-k) paths select exactly the set of a
+    plain per-image, per-level ``topk`` followed by the threshold."""
+    g = torch.Generator().manual_seed(int(score_thr * 100) + topk)
+    levels = [120, 30, 7]
+    scores = torch.rand(4, sum(levels), 3, generator=g)
+    scores[1] *= 0.5  # a sparser image
+    scores[2] = 0.0  # an image without candidates
+    pp = PostProcessor(DeltaBoxCoder(), score_thr=score_thr, topk_per_level=topk, order=order)
+    img, anchor, label, score = pp.select_candidates(scores, levels)
+    assert torch.equal(img, torch.sort(img, stable=True).values)  # image order
+    torch.testing.assert_close(score, scores[img, anchor, label], rtol=0, atol=0)
+    expected = set()
+    for i in range(scores.shape[0]):
+        start = 0
+        for count in levels:
+            flat = scores[i, start:start + count].flatten()
+            vals, idx = flat.topk(min(topk, flat.numel()))
+            expected |= {(i, start + j // 3, j % 3) for j, v in zip(idx.tolist(), vals.tolist()) if v > score_thr}
+            start += count
+    got = list(zip(img.tolist(), anchor.tolist(), label.tolist()))
+    assert len(got) == len(set(got)) and set(got) == expected
