@@ -93,7 +93,7 @@ class PostProcessor:
         n, size = level.shape
         k = min(self.topk_per_level, size)
         above = level > self.score_thr
-        if 2 * int(above.sum()) > above.numel():
+        if 2 * int(above.count_nonzero()) > above.numel():
             # Dense: one top-k over the level, then the threshold.
             if self.order == "thr_then_topk":
                 level = level.masked_fill(~above, -1.0)
@@ -101,18 +101,16 @@ class PostProcessor:
             valid = vals > self.score_thr
             img = torch.arange(n, device=level.device)[:, None].expand_as(idx)[valid]
             return img, idx[valid], vals[valid]
-        # Sparse: threshold first, then the top-k of each image among its candidates.
-        img, idx = above.nonzero(as_tuple=True)
-        vals = level[img, idx]
-        if vals.numel() > k:  # some image may have more than k candidates
-            by_score = torch.sort(vals, descending=True, stable=True).indices
-            order = by_score[torch.sort(img[by_score], stable=True).indices]
-            img, idx, vals = img[order], idx[order], vals[order]
-            counts = torch.bincount(img, minlength=n)
-            starts = torch.cumsum(counts, 0) - counts
-            rank = torch.arange(img.numel(), device=img.device) - starts[img]
-            keep = rank < k
-            img, idx, vals = img[keep], idx[keep], vals[keep]
+        # Sparse: per image, the scores above the threshold, then their top-k.
+        parts = []
+        for i in range(n):
+            idx = above[i].nonzero().squeeze(1)
+            vals = level[i].index_select(0, idx)
+            if idx.numel() > k:
+                vals, top = vals.topk(k)
+                idx = idx[top]
+            parts.append((torch.full_like(idx, i), idx, vals))
+        img, idx, vals = (torch.cat(p) for p in zip(*parts))
         return img, idx, vals
 
     def __call__(self, head_out: Dict[str, Tensor], anchors: Tensor,
