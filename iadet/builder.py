@@ -5,11 +5,14 @@ can build any part by hand, and this module shows which key feeds which argument
 """
 from typing import Optional, Sequence
 
+import torch
+
 from iadet.models.anchors import AnchorGenerator
 from iadet.models.backbone import build_resnet
 from iadet.models.box_coder import DeltaBoxCoder
 from iadet.models.detector import IoUAwareRetinaNet
 from iadet.models.fpn import FPN
+from iadet.models.fuse import fuse_frozen_batchnorm, to_channels_last
 from iadet.models.head import IoUAwareRetinaHead
 from iadet.models.postprocess import PostProcessor
 from iadet.models.preprocess import ImagePreprocessor
@@ -62,6 +65,27 @@ def build_detector(cfg, class_names: Optional[Sequence[str]] = None) -> IoUAware
     return IoUAwareRetinaNet(backbone=backbone, neck=neck, head=head, anchor_generator=anchor_generator,
                              box_coder=box_coder, postprocessor=build_postprocessor(cfg, box_coder),
                              preprocessor=build_preprocessor(cfg), class_names=class_names)
+
+
+AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def prepare_for_inference(model: IoUAwareRetinaNet, cfg) -> IoUAwareRetinaNet:
+    """``cfg.model.test.fuse_bn`` / ``channels_last`` -> an eval-mode model with BatchNorm
+    folded and / or NHWC weights (in place; call after loading the weights). Trainable
+    BatchNorm is folded with its running statistics: the model is for inference only."""
+    t = cfg.model.test
+    model.eval()
+    if t.fuse_bn:
+        fuse_frozen_batchnorm(model, include_trainable_bn=True)
+    if t.channels_last:
+        to_channels_last(model)
+    return model
+
+
+def inference_amp_dtype(cfg, override: Optional[str] = None) -> Optional[torch.dtype]:
+    """The autocast dtype for inference: ``override`` (a CLI flag) or ``cfg.model.test.amp``."""
+    return AMP_DTYPES[override or cfg.model.test.amp]
 
 
 def build_transforms(cfg, train: bool, seed: Optional[int] = None):

@@ -20,12 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 from iadet.config import ConfigError, load_config
-
-AMP = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m iadet.eval", description=__doc__.splitlines()[0])
@@ -42,7 +38,8 @@ def parse_args(argv=None):
     model.add_argument("--plots", default=None, help="folder for Fig. 4, calibration and sweep plots")
     model.add_argument("--batch-size", type=int, default=4)
     model.add_argument("--num-workers", type=int, default=None, help="default: data.num_workers")
-    model.add_argument("--amp", default="off", choices=tuple(AMP), help="autocast dtype for the network")
+    model.add_argument("--amp", default=None, choices=("off", "bf16", "fp16"),
+                       help="autocast dtype for the network (default: the config's model.test.amp)")
     model.add_argument("--device", default="auto", help="auto | cpu | cuda")
     model.add_argument("--no-progress", action="store_true")
     offline = p.add_argument_group("offline evaluation of a results file")
@@ -99,7 +96,7 @@ def evaluate_file(args) -> dict:
 def evaluate_model(args) -> dict:
     """``--config`` + ``--checkpoint``: inference, metrics, sweeps and plots."""
     import iadet
-    from iadet.builder import build_dataset
+    from iadet.builder import build_dataset, inference_amp_dtype, prepare_for_inference
     from iadet.checkpoint import load_detector_weights
     from iadet.data.voc import VOCDetection
     from iadet.engine.distributed import init_distributed
@@ -121,12 +118,13 @@ def evaluate_model(args) -> dict:
     if "predicted" in sources and model.head.iou_pred is None and alphas != [cfg.model.test.alpha]:
         print("note: the model has no IoU branch: every α gives S = p", file=sys.stderr)
     model.to(dist.device)
+    prepare_for_inference(model, cfg)  # model.test.fuse_bn / channels_last
     start = time.time()
     detections = predict_alphas(
         model, dataset, alphas, sources, batch_size=args.batch_size,
         num_workers=cfg.data.num_workers if args.num_workers is None else args.num_workers,
         device=dist.device, distributed=(dist.rank, dist.world_size) if dist.distributed else None,
-        progress=not args.no_progress, amp_dtype=AMP[args.amp])
+        progress=not args.no_progress, amp_dtype=inference_amp_dtype(cfg, args.amp))
     if not dist.is_main:
         return {}
     out_dir = Path(args.out or Path("work_dirs") / Path(args.config).stem / f"eval_{args.split}")

@@ -14,6 +14,7 @@ import torch
 from tqdm import tqdm
 
 import iadet
+from iadet.builder import inference_amp_dtype, prepare_for_inference
 from iadet.checkpoint import load_detector_weights
 from iadet.io import atomic_write_text, list_images, read_image_rgb
 from iadet.visualize import draw_detections
@@ -29,6 +30,8 @@ def parse_args(argv=None):
     p.add_argument("--score-thr", type=float, default=None,
                    help="minimum confidence S to keep (default: the config's model.test.score_thr)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--amp", default=None, choices=("off", "bf16", "fp16"),
+                   help="autocast dtype for the network (default: the config's model.test.amp)")
     p.add_argument("--no-draw", action="store_true", help="do not write images with boxes drawn")
     p.add_argument("--opts", nargs="*", default=[], help="config overrides key=value")
     return p.parse_args(argv)
@@ -44,14 +47,16 @@ def run(args) -> list:
     else:
         warnings.warn("no --checkpoint given: the detector has RANDOM weights; its boxes mean nothing")
     model.class_names = class_names
-    model.to(args.device).eval()
+    model.to(args.device)
+    prepare_for_inference(model, cfg)  # model.test.fuse_bn / channels_last
+    amp_dtype = inference_amp_dtype(cfg, args.amp)
     files = list_images(args.input)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     records = []
     for path in tqdm(files, desc="infer", unit="img", disable=not sys.stderr.isatty() and len(files) < 2):
         image = read_image_rgb(path)
-        det = model.predict(image.to(args.device), score_thr=args.score_thr)[0]
+        det = model.predict(image.to(args.device), score_thr=args.score_thr, amp_dtype=amp_dtype)[0]
         det = {k: v.cpu() for k, v in det.items()}
         record = {"file": str(path), "boxes": det["boxes"].tolist(), "scores": det["scores"].tolist(),
                   "labels": det["labels"].tolist()}

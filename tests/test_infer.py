@@ -79,6 +79,13 @@ def test_infer_cli_writes_json_and_drawn_images(tmp_path, coco128_image_path):
     expected = model.predict(coco128_image_path, score_thr=0.2)[0]
     torch.testing.assert_close(torch.tensor(rec["boxes"]), expected["boxes"], atol=1e-3, rtol=0)
     assert read_image_rgb(out / "a.jpg").shape == read_image_rgb(coco128_image_path).shape
+    # the inference fast paths from the config, and bf16 autocast from the flag
+    fast = subprocess.run(cmd + ["model.test.fuse_bn=true", "model.test.channels_last=true", "--amp", "bf16",
+                                 "--no-draw"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert fast.returncode == 0, fast.stderr
+    rec_fast = json.loads((out / "detections.json").read_text())[0]
+    assert len(rec_fast["scores"]) > 0 and min(rec_fast["scores"]) >= 0.2
+    assert abs(len(rec_fast["scores"]) - len(rec["scores"])) <= max(3, len(rec["scores"]) // 10)
 
 
 def test_infer_cli_errors_name_the_file(tmp_path):

@@ -155,9 +155,7 @@ def predict_alphas(model, dataset, alphas: Sequence[Alpha] = ("default",),
     for batch in tqdm(loader, desc="eval", unit="batch", disable=not progress or rank != 0, leave=False):
         images = batch["images"].to(device, non_blocking=True)
         sizes = batch["image_sizes"]
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            out = net(images)
-        out = {k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in out.items()}
+        out = net.forward_float32(images, amp_dtype)
         for source in iou_sources:
             iou_prob = None
             if source == "truth":

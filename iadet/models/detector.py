@@ -74,15 +74,24 @@ class IoUAwareRetinaNet(nn.Module):
         out["anchors"] = torch.cat(self.anchor_generator(features, batch.shape[-2:]))
         return out
 
+    def forward_float32(self, batch: Tensor, amp_dtype: Optional[torch.dtype] = None) -> Dict[str, Tensor]:
+        """:meth:`forward`, optionally under autocast (``torch.bfloat16`` / ``torch.float16``),
+        with the floating outputs cast back to float32, so that post-processing (Eq. 7,
+        top-k, NMS) runs in float32 whatever the network's precision."""
+        with torch.autocast(batch.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            out = self.forward(batch)
+        return {k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in out.items()}
+
     @torch.no_grad()
-    def detect(self, batch: Tensor, image_sizes, alpha="default") -> List[Dict[str, Tensor]]:
+    def detect(self, batch: Tensor, image_sizes, alpha="default",
+               amp_dtype: Optional[torch.dtype] = None) -> List[Dict[str, Tensor]]:
         """Detections in batch pixels for a preprocessed batch (see :class:`PostProcessor`)."""
-        out = self.forward(batch)
+        out = self.forward_float32(batch, amp_dtype)
         return self.postprocessor(out, out["anchors"], image_sizes, alpha=alpha)
 
     @torch.no_grad()
     def predict(self, images: Union[ImageLike, Sequence[ImageLike]], score_thr: Optional[float] = None,
-                alpha="default") -> List[Dict[str, Tensor]]:
+                alpha="default", amp_dtype: Optional[torch.dtype] = None) -> List[Dict[str, Tensor]]:
         """Detect objects in raw images.
 
         Args:
@@ -90,6 +99,8 @@ class IoUAwareRetinaNet(nn.Module):
                 (3, H, W) RGB tensors with values in [0, 255].
             score_thr: drop detections with confidence S below this (on top of the model's
                 own test threshold).
+            amp_dtype: run the network under autocast with this dtype (``torch.bfloat16``
+                on CPU or GPU, ``torch.float16`` on GPU); post-processing stays float32.
         Returns:
             one dict per image with ``boxes`` (K, 4) xyxy in original image pixels,
             ``scores`` (K,) confidence S of Eq. 7, ``labels`` (K,) contiguous class index,
@@ -103,7 +114,7 @@ class IoUAwareRetinaNet(nn.Module):
             device = next(self.parameters()).device
             tensors = [to_rgb_tensor(im).to(device) for im in images]
             batch, sizes, original = self.preprocessor(tensors)
-            results = self.detect(batch, sizes, alpha=alpha)
+            results = self.detect(batch, sizes, alpha=alpha, amp_dtype=amp_dtype)
         finally:
             self.train(was_training)
         for res, (h, w), (oh, ow) in zip(results, sizes, original):

@@ -163,3 +163,47 @@ def test_group_norm_is_not_touched():
     fuse_frozen_batchnorm(model)
     assert not is_fused(model)
     assert sum(isinstance(m, nn.GroupNorm) for m in model.modules()) > 0
+
+
+def test_prepare_for_inference_follows_the_config():
+    """``model.test.fuse_bn`` / ``channels_last`` (used by iadet.infer and iadet.eval) give
+    the same detections; the defaults leave the model as it is."""
+    from iadet.builder import prepare_for_inference
+
+    config = "iou_aware_retinanet_r50_fpn_1x_coco.yaml"
+    image = _random_image()
+    plain = _detector(config, image)
+    expected = plain.predict(image)[0]
+    untouched = prepare_for_inference(copy.deepcopy(plain), iadet.load_config(CONFIGS / config))
+    assert not is_fused(untouched) and not untouched.training
+    cfg = iadet.load_config(CONFIGS / config, ["model.test.fuse_bn=true", "model.test.channels_last=true"])
+    fast = prepare_for_inference(copy.deepcopy(plain), cfg)
+    assert is_fused(fast)
+    assert fast.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    _assert_same_detections(fast.predict(image)[0], expected)
+
+
+def test_bf16_predict_post_processes_in_float32():
+    """``predict(amp_dtype=torch.bfloat16)``: the network runs in bf16, Eq. 7 / top-k / NMS in
+    float32 on float32 head outputs; detections stay close to the fp32 ones."""
+    from iadet.builder import inference_amp_dtype
+
+    config = "iou_aware_retinanet_r50_fpn_1x_coco.yaml"
+    cfg = iadet.load_config(CONFIGS / config, ["model.test.amp=bf16"])
+    assert inference_amp_dtype(cfg) is torch.bfloat16 and inference_amp_dtype(cfg, "off") is None
+    image = _random_image()
+    model = _detector(config, image)
+    batch, _, _ = model.preprocessor([image.float()])
+    with torch.no_grad():
+        out = model.forward_float32(batch, torch.bfloat16)
+        plain = model(batch)
+    assert all(out[k].dtype == torch.float32 for k in ("cls_logits", "bbox_deltas", "iou_logits"))
+    assert not torch.equal(out["cls_logits"], plain["cls_logits"])  # the network did run in bf16
+    assert (out["cls_logits"] - plain["cls_logits"]).abs().max() < 0.25
+    fp32 = model.predict(image)[0]
+    bf16 = model.predict(image, amp_dtype=torch.bfloat16)[0]
+    assert bf16["scores"].dtype == torch.float32
+    # float32 post-processing keeps scores distinct (bf16 has 8 bits of mantissa)
+    assert bf16["scores"].unique().numel() > len(bf16["scores"]) // 2
+    top = min(len(fp32["scores"]), 10)
+    torch.testing.assert_close(bf16["scores"][:top], fp32["scores"][:top], atol=0.03, rtol=0)
