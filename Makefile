@@ -1,7 +1,7 @@
 # iadet: the README's commands. `make quickstart` and `make test` work on a fresh machine.
 PYTHON ?= python
 PYTEST_ARGS ?=
-CHECK_INSTALLED = $(PYTHON) -c "import iadet, torch, torchvision, pycocotools, yaml, tqdm, pytest, hypothesis, xdist" 2>/dev/null
+CHECK_INSTALLED = $(PYTHON) -c "import iadet, torch, torchvision, pycocotools, yaml, tqdm, pytest, hypothesis, xdist, onnx, onnxscript, onnxruntime" 2>/dev/null
 
 .PHONY: install ensure-installed test test-slow test-all quickstart bench clean reproduce-coco reproduce-voc reproduce-mini
 

@@ -17,5 +17,8 @@ setup(
         "matplotlib>=3.5",
         "pillow>=9.0",
     ],
-    extras_require={"dev": ["pytest>=7", "pytest-xdist>=3", "hypothesis>=6"]},
+    extras_require={
+        "export": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.17"],  # python -m iadet.export --format onnx
+        "dev": ["pytest>=7", "pytest-xdist>=3", "hypothesis>=6", "onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.17"],
+    },
 )
