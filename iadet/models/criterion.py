@@ -14,7 +14,7 @@ from torch import Tensor
 
 from iadet.models.assigner import IGNORED, MaxIoUAssigner, pad_boxes
 from iadet.models.box_coder import DeltaBoxCoder
-from iadet.models.losses import giou_loss, iou_prediction_loss, sigmoid_focal_loss, smooth_l1_loss
+from iadet.models.losses import giou_loss, iou_prediction_loss, one_hot_focal_loss_per_anchor, smooth_l1_loss
 from iadet.ops.boxes import aligned_box_iou
 
 
@@ -99,14 +99,13 @@ class RetinaNetCriterion:
         gt_index = matched.clamp(min=0)
 
         # Classification (Eq. 1): focal loss over positives and negatives, one-hot targets.
-        labels = gt_labels.gather(1, gt_index)                                              # (N, M)
-        cls_target = torch.zeros_like(cls_logits).scatter_(2, labels[..., None], pos[..., None].to(cls_logits))
-        cls_elem = sigmoid_focal_loss(cls_logits, cls_target, self.focal_alpha, self.focal_gamma,
-                                      reduction="none")
-        cls_per_image = torch.where((matched != IGNORED)[..., None], cls_elem, 0.0).sum(dim=(1, 2))
+        pos_image, pos_anchor = pos.nonzero(as_tuple=True)                                  # (P,) each
+        pos_label = gt_labels[pos_image, gt_index[pos_image, pos_anchor]]                   # (P,)
+        cls_per_anchor = one_hot_focal_loss_per_anchor(cls_logits, pos_image, pos_anchor, pos_label,
+                                                       self.focal_alpha, self.focal_gamma)   # (N, M)
+        cls_per_image = torch.where(matched != IGNORED, cls_per_anchor, 0.0).sum(dim=1)
 
         # Positives only from here: (P,) rows, image of each in pos_image.
-        pos_image = pos.nonzero()[:, 0]
         pos_deltas = deltas[pos]                                                            # (P, 4)
         pos_anchors = anchors.expand(num_images, num_anchors, 4)[pos]                       # (P, 4)
         pos_gt = gt_boxes[pos_image, gt_index[pos]]                                         # (P, 4)

@@ -41,6 +41,25 @@ def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gam
     return _reduce(loss, reduction)
 
 
+def one_hot_focal_loss_per_anchor(logits: Tensor, pos_image: Tensor, pos_anchor: Tensor, pos_label: Tensor,
+                                  alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+    """The focal loss of one-hot targets, summed over classes: (N, M, C) logits -> (N, M).
+
+    Equals ``sigmoid_focal_loss(logits, one_hot, alpha, gamma, "none").sum(-1)`` (to float
+    rounding) where ``one_hot[pos_image[i], pos_anchor[i], pos_label[i]] = 1``, in a third of
+    the passes over the N x M x C logits: every element is first taken as a negative,
+    (1 - alpha) p^gamma softplus(x) (= -(1 - alpha) p^gamma log(1 - p)), then the P positive
+    elements are corrected to alpha (1 - p)^gamma softplus(-x).
+    """
+    w_pos, w_neg = (alpha, 1.0 - alpha) if alpha >= 0 else (1.0, 1.0)
+    p = torch.sigmoid(logits)
+    per_anchor = (p.pow(gamma) * F.softplus(logits)).sum(-1) * w_neg
+    x = logits[pos_image, pos_anchor, pos_label]
+    p = p[pos_image, pos_anchor, pos_label]
+    correction = w_pos * (1 - p).pow(gamma) * F.softplus(-x) - w_neg * p.pow(gamma) * F.softplus(x)
+    return per_anchor.index_put((pos_image, pos_anchor), correction, accumulate=True)
+
+
 def smooth_l1_loss(pred: Tensor, target: Tensor, beta: float = 0.11, reduction: str = "sum") -> Tensor:
     """Smooth L1 (paper Eq. 2): 0.5 x^2 / beta where |x| < beta, else |x| - 0.5 beta; x = pred - target.
 

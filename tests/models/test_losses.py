@@ -83,3 +83,30 @@ def test_errors_and_empty():
     with pytest.raises(ValueError, match="reduction"):
         l1_loss(torch.zeros(1), torch.zeros(1), reduction="avg")
     assert giou_loss(torch.zeros(0, 4), torch.zeros(0, 4), reduction="mean") == 0
+
+
+@pytest.mark.parametrize("alpha, gamma", [(0.25, 2.0), (0.5, 0.0), (-1.0, 1.5), (0.25, 1.0)])
+def test_one_hot_focal_loss_equals_the_elementwise_focal_loss(alpha, gamma):
+    """The criterion's few-pass focal loss = sigmoid_focal_loss on the one-hot target summed
+    over classes, values and gradients (including very confident logits and no positives)."""
+    from iadet.models.losses import one_hot_focal_loss_per_anchor
+
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(2, 50, 7, generator=g) * 4 - 2)
+    logits[0, 0] = torch.tensor([30.0, -30.0, 15.0, -15.0, 0.0, 80.0, -80.0])
+    for num_pos in (0, 1, 12):
+        pos_image = torch.randint(0, 2, (num_pos,), generator=g)
+        pos_anchor = torch.randperm(50, generator=g)[:num_pos]
+        pos_label = torch.randint(0, 7, (num_pos,), generator=g)
+        pos_anchor[:1] = 0  # one positive on the row of extreme logits
+        pos_image[:1] = 0
+        target = torch.zeros_like(logits)
+        target[pos_image, pos_anchor, pos_label] = 1.0
+        x1, x2 = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+        expected = sigmoid_focal_loss(x1, target, alpha, gamma, reduction="none").sum(-1)
+        got = one_hot_focal_loss_per_anchor(x2, pos_image, pos_anchor, pos_label, alpha, gamma)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+        weights = torch.rand(2, 50, generator=g)
+        (expected * weights).sum().backward()
+        (got * weights).sum().backward()
+        torch.testing.assert_close(x2.grad, x1.grad, rtol=1e-4, atol=1e-6)
