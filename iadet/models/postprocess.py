@@ -4,6 +4,7 @@ Per image and level: confidence S = p**alpha * IoU**(1 - alpha) for every (ancho
 the ``topk_per_level`` candidates by S; score threshold on S; decode; clip to the image;
 class-wise NMS on S; keep ``max_det`` by S. The reported score is S.
 """
+import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -14,18 +15,21 @@ from iadet.ops.boxes import clip_boxes
 from iadet.ops.nms import batched_nms
 
 
-def detection_confidence(cls_prob: Tensor, iou_prob: Optional[Tensor], alpha: Optional[float]) -> Tensor:
+def detection_confidence(cls_prob: Tensor, iou_prob: Optional[Tensor], alpha: Optional[float],
+                         per_anchor: bool = True) -> Tensor:
     """Eq. 7 of the paper: S = p**alpha * IoU**(1 - alpha).
 
     Args:
         cls_prob: (..., C) classification probabilities p.
         iou_prob: (...) predicted IoU per anchor (shared by all classes), or None when the
-            model has no IoU branch (then S = p).
+            model has no IoU branch (then S = p). With ``per_anchor=False``, the IoU of each
+            element of ``cls_prob`` instead (same shape).
         alpha: in [0, 1], or None for the plain product S = p * IoU.
     """
     if iou_prob is None:
         return cls_prob
-    iou_prob = iou_prob.unsqueeze(-1)
+    if per_anchor:
+        iou_prob = iou_prob.unsqueeze(-1)
     if alpha is None:
         return cls_prob * iou_prob
     return cls_prob.pow(alpha) * iou_prob.pow(1.0 - alpha)
@@ -61,26 +65,35 @@ class PostProcessor:
         self.max_det = max_det
         self.order = order
 
-    def select_candidates(self, scores: Tensor, num_anchors_per_level: Sequence[int]):
-        """Per-level top-k and threshold on S.
+    def select_candidates(self, cls_logits: Tensor, iou_prob: Optional[Tensor], alpha: Optional[float],
+                          num_anchors_per_level: Sequence[int]):
+        """Per-level top-k and threshold on S (Eq. 7).
 
-        Per level, when at most half of the scores pass the threshold (the usual case for
-        a trained detector), the scores above it are gathered first and the top-k is taken
-        among them; otherwise one top-k runs over the whole level. Both give the same
-        candidates (up to the order of exactly equal scores); the switch only saves time.
+        S is computed only where it can pass the threshold: since S = p^alpha IoU^(1-alpha)
+        grows with the logit x of p, S > score_thr needs x > a bound that depends on the
+        anchor's IoU alone (:meth:`logit_bounds`). The logits above a slightly loosened
+        bound are gathered, their S computed exactly and thresholded, and the top-k taken
+        among them. When more than half of a level passes, S of the whole level is computed
+        and one top-k runs over it. Both select the same candidates as a top-k and threshold
+        over the full S (up to the order of exactly equal scores).
 
         Args:
-            scores: (N, M, C) confidences S.
+            cls_logits: (N, M, C) classification logits.
+            iou_prob: (N, M) IoU per anchor in Eq. 7, or None (S = p).
+            alpha: Eq. 7 exponent, or None (S = p * IoU).
         Returns:
             (image_idx, anchor_idx, label, score), each (K,), flattened over the batch in
             image order.
         """
-        n, _, c = scores.shape
+        n, _, c = cls_logits.shape
+        bounds = self.logit_bounds(iou_prob, alpha, n, cls_logits.shape[1], cls_logits.device)
         picked = []
         start = 0
         for count in num_anchors_per_level:
-            level = scores[:, start:start + count].reshape(n, -1)
-            img, idx, vals = self._level_candidates(level)
+            level = slice(start, start + count)
+            iou = iou_prob[:, level] if iou_prob is not None else None
+            bound = bounds[:, level] if bounds is not None else None
+            img, idx, vals = self._level_candidates(cls_logits[:, level], iou, alpha, bound)
             picked.append((img, idx + start * c, vals))
             start += count
         img, flat, vals = (torch.cat(parts) for parts in zip(*picked))
@@ -88,27 +101,59 @@ class PostProcessor:
         img, flat, vals = img[by_image], flat[by_image], vals[by_image]
         return img, flat // c, flat % c, vals
 
-    def _level_candidates(self, level: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        """(image_idx, flat_idx, score) of one level's candidates; ``level`` is (N, A * C)."""
-        n, size = level.shape
-        k = min(self.topk_per_level, size)
-        above = level > self.score_thr
-        if 2 * int(above.count_nonzero()) > above.numel():
-            # Dense: one top-k over the level, then the threshold.
+    def logit_bounds(self, iou_prob: Optional[Tensor], alpha: Optional[float], n: int, m: int,
+                     device) -> Optional[Tensor]:
+        """(N, M, 1) float32 b such that S > score_thr implies logit > b; None where no
+        useful bound exists (score_thr <= 0, or alpha < 0.1, where S hardly depends on p).
+
+        S > t <=> p > p_min with p_min = t (no IoU, or alpha = 1), t / IoU (alpha None) or
+        (t / IoU^(1 - alpha))^(1 / alpha). Computed in float64 and loosened by 1e-4 in
+        log p, 25 times the float32 rounding of S (a few ulp, over alpha >= 0.1): the exact
+        test on S follows, so the loose bound only admits a few extra candidates.
+        """
+        if self.score_thr <= 0.0 or (iou_prob is not None and alpha is not None and alpha < 0.1):
+            return None
+        log_t = math.log(self.score_thr)
+        if iou_prob is None or alpha == 1.0:
+            log_p_min = torch.full((n, m), log_t, dtype=torch.float64, device=device)
+        else:
+            log_iou = iou_prob.double().clamp(min=1e-300).log()
+            if alpha is None:  # S = p * IoU
+                log_p_min = log_t - log_iou
+            else:
+                log_p_min = (log_t - (1.0 - alpha) * log_iou) / alpha
+        log_p_min = log_p_min - 1e-4
+        bound = log_p_min - torch.log1p(-log_p_min.clamp(max=-1e-12).exp())  # logit(p_min)
+        bound = torch.where(log_p_min >= 0.0, math.inf, bound)  # p_min >= 1: S cannot pass
+        return bound.float()[..., None]
+
+    def _level_candidates(self, logits: Tensor, iou: Optional[Tensor], alpha: Optional[float],
+                          bound: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+        """(image_idx, flat_idx, score) of one level; ``logits`` (N, A, C), ``iou`` (N, A)."""
+        n, a, c = logits.shape
+        k = min(self.topk_per_level, a * c)
+        maybe = (logits > bound).reshape(n, -1) if bound is not None else None
+        if maybe is None or 2 * int(maybe.count_nonzero()) > maybe.numel():
+            # Dense: S of the whole level, one top-k, then the threshold.
+            level = detection_confidence(logits.sigmoid(), iou, alpha).reshape(n, -1)
             if self.order == "thr_then_topk":
-                level = level.masked_fill(~above, -1.0)
+                level = level.masked_fill(level <= self.score_thr, -1.0)
             vals, idx = level.topk(k, dim=1)
             valid = vals > self.score_thr
-            img = torch.arange(n, device=level.device)[:, None].expand_as(idx)[valid]
+            img = torch.arange(n, device=logits.device)[:, None].expand_as(idx)[valid]
             return img, idx[valid], vals[valid]
-        # Sparse: per image, the scores above the threshold, then their top-k.
+        # Sparse: per image, S of the logits above the bound, the top-k, then the threshold.
         parts = []
         for i in range(n):
-            idx = above[i].nonzero().squeeze(1)
-            vals = level[i].index_select(0, idx)
-            if idx.numel() > k:
+            idx = maybe[i].nonzero().squeeze(1)
+            p = logits[i].reshape(-1).index_select(0, idx).sigmoid()
+            vals = detection_confidence(p, iou[i].index_select(0, idx // c) if iou is not None else None,
+                                        alpha, per_anchor=False)
+            if idx.numel() > k:  # top-k then threshold = threshold then top-k
                 vals, top = vals.topk(k)
                 idx = idx[top]
+            keep = vals > self.score_thr
+            idx, vals = idx[keep], vals[keep]
             parts.append((torch.full_like(idx, i), idx, vals))
         img, idx, vals = (torch.cat(p) for p in zip(*parts))
         return img, idx, vals
@@ -135,18 +180,18 @@ class PostProcessor:
             decreasing S.
         """
         alpha = self.alpha if alpha == "default" else alpha
-        cls_prob = head_out["cls_logits"].sigmoid()
+        cls_logits = head_out["cls_logits"]
         if iou_prob is None:
             iou_logits = head_out.get("iou_logits")
             iou_prob = iou_logits.sigmoid() if iou_logits is not None else None
-        scores = detection_confidence(cls_prob, iou_prob, alpha)
-        img, anchor, label, score = self.select_candidates(scores, head_out["num_anchors_per_level"])
+        img, anchor, label, score = self.select_candidates(cls_logits, iou_prob, alpha,
+                                                           head_out["num_anchors_per_level"])
 
         boxes = self.box_coder.decode(head_out["bbox_deltas"][img, anchor], anchors[anchor])
         sizes = torch.as_tensor(image_sizes, dtype=boxes.dtype, device=boxes.device).reshape(-1, 2)
         boxes = clip_boxes(boxes, sizes[img, 0], sizes[img, 1])
 
-        num_classes = scores.shape[2]
+        num_classes = cls_logits.shape[2]
         keep = batched_nms(boxes.float(), score.float(), img * num_classes + label, self.nms_iou)
         # keep is sorted by score; a stable sort by image groups it per image in score order.
         img_kept, order = torch.sort(img[keep], stable=True)
@@ -158,7 +203,7 @@ class PostProcessor:
         counts = counts.clamp(max=self.max_det).tolist()
 
         fields = {"boxes": boxes, "scores": score, "labels": label,
-                  "cls_scores": cls_prob[img, anchor, label]}
+                  "cls_scores": cls_logits[img, anchor, label].sigmoid()}
         if iou_prob is not None:
             fields["ious"] = iou_prob[img, anchor]
         split = {name: value[keep].split(counts) for name, value in fields.items()}

@@ -123,20 +123,24 @@ def test_bad_arguments():
 
 
 @pytest.mark.parametrize("order", ["topk_then_thr", "thr_then_topk"])
-@pytest.mark.parametrize("score_thr", [0.97, 0.6, 0.3, 0.02])  # sparse ... dense levels
+@pytest.mark.parametrize("score_thr", [0.9, 0.5, 0.2, 0.02])  # sparse ... dense levels
 @pytest.mark.parametrize("topk", [5, 40, 10_000])
-def test_select_candidates_equals_full_topk_then_threshold(order, score_thr, topk):
-    """The sparse (threshold first) and dense (one top-k) paths select exactly the set of a
-    plain per-image, per-level ``topk`` followed by the threshold."""
+@pytest.mark.parametrize("alpha, with_iou", [(1.0, False), (0.5, True), (None, True), (0.3, True), (0.05, True)])
+def test_select_candidates_equals_full_topk_then_threshold(order, score_thr, topk, alpha, with_iou):
+    """The sparse (bound on the logits, S of the few, threshold first) and dense (S of the
+    level, one top-k) paths select exactly the set of a plain per-image, per-level ``topk``
+    over the full S followed by the threshold."""
     g = torch.Generator().manual_seed(int(score_thr * 100) + topk)
     levels = [120, 30, 7]
-    scores = torch.rand(4, sum(levels), 3, generator=g)
-    scores[1] *= 0.5  # a sparser image
-    scores[2] = 0.0  # an image without candidates
-    pp = PostProcessor(DeltaBoxCoder(), score_thr=score_thr, topk_per_level=topk, order=order)
-    img, anchor, label, score = pp.select_candidates(scores, levels)
+    logits = torch.randn(4, sum(levels), 3, generator=g) * 2
+    logits[1] -= 2.0  # a sparser image
+    logits[2] = -30.0 + torch.rand(sum(levels), 3, generator=g)  # no candidates (for alpha >= 0.1)
+    iou = torch.rand(4, sum(levels), generator=g) if with_iou else None
+    scores = detection_confidence(logits.sigmoid(), iou, alpha)
+    pp = PostProcessor(DeltaBoxCoder(), alpha=alpha, score_thr=score_thr, topk_per_level=topk, order=order)
+    img, anchor, label, score = pp.select_candidates(logits, iou, alpha, levels)
     assert torch.equal(img, torch.sort(img, stable=True).values)  # image order
-    torch.testing.assert_close(score, scores[img, anchor, label], rtol=0, atol=0)
+    torch.testing.assert_close(score, scores[img, anchor, label], rtol=1e-6, atol=0)
     expected = set()
     for i in range(scores.shape[0]):
         start = 0
@@ -147,3 +151,35 @@ def test_select_candidates_equals_full_topk_then_threshold(order, score_thr, top
             start += count
     got = list(zip(img.tolist(), anchor.tolist(), label.tolist()))
     assert len(got) == len(set(got)) and set(got) == expected
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.9, 0.5, 0.3, 0.1, None])
+@pytest.mark.parametrize("score_thr", [0.05, 0.3, 0.9])
+def test_logit_bound_never_excludes_a_passing_score(alpha, score_thr):
+    """S > score_thr implies logit > bound, also for logits within float rounding of the
+    exact boundary and for IoUs near 0 and 1 (the bound only prefilters)."""
+    g = torch.Generator().manual_seed(1)
+    iou = torch.cat([torch.rand(2000, generator=g), torch.tensor([1.0, 0.999999, 1e-6, 0.0, score_thr])])
+    pp = PostProcessor(DeltaBoxCoder(), alpha=alpha, score_thr=score_thr)
+    bound = pp.logit_bounds(iou[None], alpha, 1, iou.numel(), iou.device)[0]  # (M, 1)
+    # the exact boundary logit per anchor (float64), and logits in a band of +-1e-4 around it
+    t = torch.tensor(score_thr, dtype=torch.float64)
+    q = iou.double().clamp(min=1e-300)
+    p_min = t / q if alpha is None else (t / q ** (1 - alpha)) ** (1 / alpha) if alpha < 1 else t.expand_as(q)
+    exact = torch.logit(p_min.clamp(max=1 - 1e-15))
+    offsets = torch.linspace(-1e-4, 1e-4, 41, dtype=torch.float64)
+    logits = (exact[:, None] + offsets * (1 + exact.abs()[:, None])).float().nan_to_num(posinf=50.0)
+    logits = torch.cat([logits, torch.randn(iou.numel(), 40, generator=g) * 6], 1)  # (M, 81)
+    passing = detection_confidence(logits.sigmoid(), iou, alpha) > score_thr
+    assert passing.any() and (~passing).any()
+    assert (logits[passing] > bound.expand_as(logits)[passing]).all()
+    # and the bound is tight: among the random logits, few pass it without passing S
+    extra = ((logits > bound) & ~passing)[:, 41:]
+    assert extra.float().mean() < 0.01
+
+
+def test_no_logit_bound_where_s_hardly_depends_on_p():
+    pp = PostProcessor(DeltaBoxCoder(), alpha=0.05)
+    assert pp.logit_bounds(torch.rand(1, 10), 0.05, 1, 10, "cpu") is None
+    assert PostProcessor(DeltaBoxCoder(), score_thr=0.0).logit_bounds(None, 1.0, 1, 10, "cpu") is None
+    assert pp.logit_bounds(None, 0.05, 1, 10, "cpu") is not None  # no IoU: S = p
