@@ -1,12 +1,14 @@
 """The training loop: one readable step, full-state checkpoints, evaluation, logging."""
 import json
 import math
+import random
 import signal
 import sys
 import time
 from pathlib import Path
 from typing import Dict, Optional
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -54,6 +56,8 @@ class Trainer:
                  argv=(), progress: bool = True):
         self.cfg, self.dist, self.work_dir = cfg, dist, Path(work_dir)
         t = cfg.train
+        random.seed(t.seed)  # every RNG a checkpoint saves starts from the config's seed
+        np.random.seed(t.seed)
         torch.manual_seed(t.seed)
         self.logger = RunLogger(self.work_dir, enabled=dist.is_main)
         self.logger.record_start(cfg, list(argv))
@@ -235,7 +239,9 @@ class Trainer:
             if self.loader.generator is not None:  # worker seeds depend on (seed, epoch) only
                 self.loader.generator.manual_seed(t.seed * 1000 + self.epoch)
             consumed = sampler.state_dict()["position"]
-            for batch in self.loader:
+            # A checkpoint taken at the epoch's last batch resumes at the epoch's end (the
+            # sampler would start the finished epoch over).
+            for batch in (self.loader if consumed < self.iters_per_epoch else ()):
                 record = self.train_step(batch)
                 self.iteration += 1
                 consumed += 1
@@ -259,9 +265,11 @@ class Trainer:
             if consumed >= self.iters_per_epoch:  # the epoch is complete (also when it ends the run)
                 self.epoch += 1
                 consumed = 0
-                self.save(f"epoch_{self.epoch}.pth", 0)
+                # Evaluate before the epoch's checkpoint: a run killed during the evaluation
+                # resumes from an earlier checkpoint and evaluates again.
                 if t.eval_interval and self.epoch % t.eval_interval == 0 and self.iteration < self.max_iters:
                     self.evaluate()
+                self.save(f"epoch_{self.epoch}.pth", 0)
         return consumed
 
     def evaluate(self, final: bool = False) -> Optional[Dict[str, float]]:
