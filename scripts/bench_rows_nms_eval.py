@@ -59,7 +59,8 @@ class NmsEvalRows:
             runners["faster-coco-eval"] = lambda: bench_eval.time_faster_coco_eval(fgt, results)
         except ImportError:
             self.log("coco_eval: faster-coco-eval not installed, that row is skipped")
-        repeats = max(1, min(self.args.repeats, 3))
+        # pycocotools takes ~40 s per evaluation at full size: two alternations are enough for a 60x gap.
+        repeats = max(1, min(self.args.repeats, 2))
         # bench_eval's runners time themselves (result list -> 12 stats); keep their own timings.
         times = {name: [] for name in runners}
         stats = {}
