@@ -3,6 +3,7 @@
 Nothing else reads the configuration: every part takes plain arguments, so a researcher
 can build any part by hand, and this module shows which key feeds which argument.
 """
+import warnings
 from typing import Optional, Sequence
 
 import torch
@@ -118,7 +119,11 @@ def build_dataset(cfg, split: str = "train", train_transforms: Optional[bool] = 
             annotation file may hold images only).
         train_transforms: random flip etc. (default: True for ``"train"``).
     Raises:
-        ConfigError naming ``model.num_classes`` when it disagrees with the dataset.
+        ConfigError naming ``model.num_classes`` when it disagrees with the dataset, and naming
+        the key of the annotations (``data.<split>.ann_file``, ...) when the dataset has no image.
+    Warns:
+        UserWarning naming the annotations when no training image has a box (all negatives:
+        the model would learn to detect nothing).
     """
     from iadet.config import ConfigError
     from iadet.data.coco import CocoDetection
@@ -136,6 +141,7 @@ def build_dataset(cfg, split: str = "train", train_transforms: Optional[bool] = 
         sources = [tuple(s.split("/")) for s in section.voc_sources]
         dataset = VOCDetection(section.voc_root, sources=sources, transforms=transforms,
                                keep_difficult=not train, skip_bad_images=d.skip_bad_images)
+        source, key = f"{section.voc_root} ({', '.join(section.voc_sources)})", f"data.{split}.voc_sources"
     else:
         if section.type == "synthetic":
             if split == "test":
@@ -150,6 +156,19 @@ def build_dataset(cfg, split: str = "train", train_transforms: Optional[bool] = 
             ann_file, image_dir = section.ann_file, section.image_dir
         dataset = CocoDetection(ann_file, image_dir, transforms=transforms, crowd=d.crowd,
                                 filter_empty=d.filter_empty and train, skip_bad_images=d.skip_bad_images)
+        source = str(ann_file)
+        key = f"data.synthetic.num_{split}" if section.type == "synthetic" else f"data.{split}.ann_file"
+    if len(dataset) == 0:
+        left_out = []
+        if dataset.num_skipped:
+            left_out.append(f"{dataset.num_skipped} bad image(s) are skipped (data.skip_bad_images: true)")
+        if getattr(dataset, "filter_empty", False) and len(dataset.coco.imgs) > dataset.num_skipped:
+            left_out.append("the images without a box are left out (data.filter_empty: true)")
+        detail = f"leaves no image: {' and '.join(left_out)}" if left_out else "lists no images"
+        raise ConfigError(f"{source} {detail}; the {split} set needs at least one image", key=key)
+    if split == "train" and not any(len(r.boxes) for r in dataset.records):
+        warnings.warn(f"{source}: none of the {len(dataset)} training images has a box, so every anchor is a "
+                      "negative and the model learns to detect nothing; check the annotations", stacklevel=2)
     if dataset.num_classes != cfg.model.num_classes:
         raise ConfigError(f"is {cfg.model.num_classes} but the {split} dataset has {dataset.num_classes} "
                           f"classes; set model.num_classes={dataset.num_classes}", key="model.num_classes")

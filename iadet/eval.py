@@ -174,11 +174,12 @@ def evaluate_model(args) -> dict:
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    from iadet.data.loading import error_message
     from iadet.engine.distributed import cleanup
     try:
         return evaluate_file(args) if args.ann else evaluate_model(args)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {error_message(exc)}", file=sys.stderr)  # one line, also from a loader worker
         sys.exit(2)
     finally:
         cleanup()

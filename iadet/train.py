@@ -4,6 +4,7 @@ Under torchrun the same command trains with DistributedDataParallel (gloo on CPU
 GPU); only rank 0 writes the run folder (``work_dirs/<config name>`` by default).
 """
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -33,6 +34,7 @@ def resolve_work_dir(args, cfg) -> Path:
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    from iadet.data.loading import error_message
     from iadet.engine.checkpointing import find_resume_checkpoint
     from iadet.engine.distributed import cleanup, init_distributed
     from iadet.engine.trainer import NonFiniteLossError, Trainer, TrainingInterrupted
@@ -52,7 +54,7 @@ def main(argv=None):
         trainer = Trainer(cfg, work_dir, dist=dist, resume=resume, argv=argv, progress=not args.no_progress)
         trainer.train()
     except (ConfigError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {error_message(exc)}", file=sys.stderr)  # one line, also from a loader worker
         sys.exit(2)
     except NonFiniteLossError as exc:
         print(f"error: non-finite loss: {exc}", file=sys.stderr)
@@ -60,6 +62,10 @@ def main(argv=None):
     except TrainingInterrupted as exc:
         print(f"interrupted: {exc}", file=sys.stderr)
         sys.exit(128 + int(exc.signum))  # the shell's convention for a signal
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop (start-up, final evaluation)
+        print("interrupted: SIGINT (Ctrl-C) outside the training loop; every checkpoint already in the "
+              "work dir is complete: continue with --resume auto", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
     finally:
         cleanup()
 

@@ -8,8 +8,10 @@ mappings merge key by key, lists and scalars replace. Overrides such as
 sequences (``[0.5, 1, 2]``), and ``none`` means null for any optional field.
 
 The merged tree is then converted to the dataclasses of ``iadet.config.schema``: an
-unknown key, a wrong type or an out-of-range value raises ``ConfigError`` naming the
+unknown key, a wrong type, a number that is not finite (``.inf``, ``.nan``, an integer
+beyond the float range) or an out-of-range value raises ``ConfigError`` naming the
 dotted key, the file or override that set it, and the closest valid keys or choices.
+YAML aliases are allowed, but not one inside the mapping or list it names.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import copy
 import dataclasses
 import difflib
 import functools
+import math
 import os
 import tempfile
 import typing
@@ -47,14 +50,45 @@ def _read_yaml(path: Path) -> dict:
             f"{path} could not be read as plain YAML data: {e.problem}. iadet configs are "
             f"read with yaml.safe_load, which refuses tags such as !!python/...; write the "
             f"value itself.") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    except (yaml.YAMLError, ValueError, RecursionError) as e:  # ValueError: a bad date, a huge int
+        problem = "nested too deeply" if isinstance(e, RecursionError) else e
+        raise ConfigError(f"{path} is not valid YAML: {problem}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of keys at the top level, "
                           f"got {type(data).__name__}")
+    _check_aliases(data, "", str(path))
     return data
+
+
+MAX_VALUES = 100_000  # far more than any config holds; YAML aliases can repeat a mapping exponentially
+
+
+def _check_aliases(data: Any, prefix: str, where: str) -> None:
+    """Refuse what YAML aliases can make of plain data: a mapping or list that contains itself
+    (``model: &a {head: *a}``), which has no finite value, or a tree of more than
+    ``MAX_VALUES`` values. ``prefix``: the dotted key of ``data``; ``where``: the file, or
+    "override 'k=v'"."""
+    count = 0
+    stack = [(data, prefix, ())]  # value, its dotted key, the ids of the mappings/lists holding it
+    while stack:
+        value, key, holders = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            raise ConfigError(f"{where} expands to more than {MAX_VALUES} values through "
+                              "YAML aliases; write the config out without them")
+        if isinstance(value, dict):
+            children = [(f"{key}.{k}" if key else str(k), v) for k, v in value.items()]
+        elif isinstance(value, list):
+            children = [(f"{key}[{i}]", v) for i, v in enumerate(value)]
+        else:
+            continue
+        if id(value) in holders:
+            raise ConfigError(f"the YAML alias in {where} refers to a mapping or list that contains it; a value "
+                              "cannot contain itself, write it out", key=key)
+        holders += (id(value),)
+        stack += [(v, k, holders) for k, v in children]
 
 
 def _base_paths(data: dict, path: Path) -> list[Path]:
@@ -140,8 +174,10 @@ def _parse_override(opt: str) -> tuple[str, Any]:
         raise ConfigError(f"override {opt!r} has no value; write {key}=null to clear it")
     try:
         value = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"override {opt!r}: value is not a YAML scalar or list: {e}") from None
+    except (yaml.YAMLError, ValueError, RecursionError) as e:  # ValueError: a bad date, a huge int
+        problem = "nested too deeply" if isinstance(e, RecursionError) else e
+        raise ConfigError(f"override {opt!r}: value is not a YAML scalar or list: {problem}") from None
+    _check_aliases(value, key, f"override {opt!r}")
     return key, value
 
 
@@ -216,15 +252,22 @@ def _type_name(tp: Any) -> str:
 
 
 def _describe(value: Any) -> str:
-    return "null" if value is None else f"{type(value).__name__} {value!r}"
+    if value is None:
+        return "null"
+    text = f"{type(value).__name__} {value!r}"
+    return text if len(text) <= 80 else text[:60] + f"... ({len(text)} characters)"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _convert(value: Any, tp: Any, key: str, sources: _Sources) -> Any:
     """Check ``value`` against annotation ``tp`` and return it converted (int -> float)."""
+    source = _source_of(key, sources)
+    where = f" (set in {source})" if source else ""
 
     def fail(extra: str = "") -> ConfigError:
-        source = _source_of(key, sources)
-        where = f" (set in {source})" if source else ""
         return ConfigError(f"expected {_type_name(tp)}, got {_describe(value)}{where}{extra}",
                            key=key)
 
@@ -240,6 +283,8 @@ def _convert(value: Any, tp: Any, key: str, sources: _Sources) -> Any:
         try:
             return _convert(value, inner, key, sources)
         except ConfigError:
+            if inner is float and _is_number(value):  # a number that is not finite: the precise reason
+                raise
             raise fail() from None
     if origin is Literal:
         if any(type(value) is type(a) and value == a for a in args):
@@ -251,9 +296,16 @@ def _convert(value: Any, tp: Any, key: str, sources: _Sources) -> Any:
             raise fail()
         return [_convert(v, args[0], f"{key}[{i}]", sources) for i, v in enumerate(value)]
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str) and _is_number(value):
+        if _is_number(value):
+            try:
+                number = float(value)
+            except OverflowError:  # an int beyond 1.8e308
+                raise ConfigError(f"must be a finite number, got an integer of "
+                                  f"{round(value.bit_length() * math.log10(2))} digits{where}", key=key) from None
+            if not math.isfinite(number):
+                raise ConfigError(f"must be a finite number, got {value}{where}", key=key)
+            return number
+        if isinstance(value, str) and _is_numeric_text(value):
             raise fail(f"; YAML reads {value!r} as a string, write it with a dot and a "
                        f"signed exponent, e.g. 1.0e-4")
         raise fail()
@@ -268,7 +320,7 @@ def _convert(value: Any, tp: Any, key: str, sources: _Sources) -> Any:
     raise TypeError(f"iadet.config: no conversion for annotation {tp!r} of {key}")
 
 
-def _is_number(text: str) -> bool:
+def _is_numeric_text(text: str) -> bool:
     try:
         float(text)
     except ValueError:

@@ -173,6 +173,8 @@ class AssignerConfig:
     def __post_init__(self) -> None:
         _check(0.0 <= self.neg_iou_thr <= self.pos_iou_thr <= 1.0, "neg_iou_thr",
                "need 0 <= neg_iou_thr <= pos_iou_thr <= 1", (self.neg_iou_thr, self.pos_iou_thr))
+        _check(0.0 <= self.ignore_iof_thr <= 1.0, "ignore_iof_thr",
+               "must be in [0, 1] (0: crowd regions ignore no anchor)", self.ignore_iof_thr)
 
 
 @dataclass
@@ -266,10 +268,13 @@ class SyntheticConfig:
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.difficulty <= 1.0, "difficulty", "must be in [0, 1]", self.difficulty)
-        _check(self.num_train >= 0 and self.num_val >= 0, "num_train",
-               "split sizes must be >= 0", (self.num_train, self.num_val))
-        _check(min(self.height, self.width) >= 32, "height", "image sides must be >= 32",
-               (self.height, self.width))
+        for name in ("num_train", "num_val"):
+            _check(getattr(self, name) >= 0, name, "must be >= 0 (images in the split)", getattr(self, name))
+        for name in ("height", "width"):
+            _check(getattr(self, name) >= 32, name, "must be >= 32 (pixels)", getattr(self, name))
+        _check(self.max_objects >= 1, "max_objects",
+               "must be >= 1 (for images without objects set empty_fraction: 1)", self.max_objects)
+        _check(0.0 <= self.empty_fraction <= 1.0, "empty_fraction", "must be in [0, 1]", self.empty_fraction)
 
 
 @dataclass
@@ -322,6 +327,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, "lr", "must be positive", self.lr)
+        _check(self.lr_gamma > 0, "lr_gamma", "must be positive (the lr is multiplied by it at each step)",
+               self.lr_gamma)
         _check_positive(self, "base_batch_size", "batch_size", "epochs", "log_interval")
         _check(self.max_iters is None or self.max_iters > 0, "max_iters", "must be positive or null",
                self.max_iters)

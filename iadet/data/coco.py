@@ -12,6 +12,7 @@ import contextlib
 import difflib
 import io
 import json
+import math
 import os
 import warnings
 from pathlib import Path
@@ -140,7 +141,8 @@ class CocoDetection(DetectionDataset):
             try:
                 height, width = self._image_size(info, path)
             except (OSError, ValueError) as exc:
-                self._bad(f"cannot read the size of {path} (image id {image_id}): {exc}", skipped_messages)
+                self._bad(f"cannot read the size of {path} (image id {image_id}, listed in {where}): {exc}",
+                          skipped_messages)
                 skipped_ids.append(image_id)
                 continue
             try:
@@ -168,7 +170,11 @@ class CocoDetection(DetectionDataset):
     def _image_size(info: dict, path: Path) -> Tuple[int, int]:
         """(height, width) from the JSON, or from the file header when the JSON lacks them."""
         if "height" in info and "width" in info:
-            height, width = int(info["height"]), int(info["width"])
+            height, width = info["height"], info["width"]
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                       for v in (height, width)):
+                raise ValueError(f"its width {width!r:.40} and height {height!r:.40} must be numbers")
+            height, width = int(height), int(width)
         else:
             height, width = image_size_from_header(path)
         if height <= 0 or width <= 0:
@@ -188,9 +194,10 @@ class CocoDetection(DetectionDataset):
             if cat_id not in self.cat_id_to_label:
                 continue
             bbox = ann.get("bbox")
-            if bbox is None or len(bbox) != 4:
+            if not (isinstance(bbox, list) and len(bbox) == 4
+                    and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)):
                 raise ValueError(f"{self.ann_file.name}: annotation id {ann.get('id')} of image id {image_id} "
-                                 f"({file_name}) has bbox {bbox!r}; expected [x, y, width, height]")
+                                 f"({file_name}) has bbox {bbox!r:.60}; expected 4 numbers [x, y, width, height]")
             x, y, w, h = (float(v) for v in bbox)
             if ann.get("iscrowd", 0):
                 if self.crowd == "drop":
@@ -208,7 +215,8 @@ class CocoDetection(DetectionDataset):
 
 
 def load_coco_index(ann_file: Path):
-    """Read a COCO-format JSON into a ``pycocotools.coco.COCO`` (quietly), checking its top-level keys."""
+    """Read a COCO-format JSON into a ``pycocotools.coco.COCO`` (quietly), checking its structure
+    (:func:`check_coco_structure`) first."""
     from pycocotools.coco import COCO
 
     try:
@@ -220,11 +228,62 @@ def load_coco_index(ann_file: Path):
         raise ValueError(f"{ann_file} is not a COCO-format JSON: it needs 'images', 'annotations' and "
                          "'categories' lists")
     dataset.setdefault("annotations", [])
+    check_coco_structure(dataset, ann_file)
     coco = COCO()
     coco.dataset = dataset
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
         coco.createIndex()
     return coco
+
+
+# The keys pycocotools' index (and this module) need in each entry of the three lists.
+_REQUIRED_KEYS = {"images": ("id",), "annotations": ("id", "image_id", "category_id"),
+                  "categories": ("id", "name")}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_coco_structure(dataset: dict, ann_file: Path) -> None:
+    """Raise ValueError naming ``ann_file`` and the entry (list index, id) unless ``images``,
+    ``annotations`` and ``categories`` are lists of objects with the keys the index needs,
+    image and category ids are unique integers and ids that refer to them are integers.
+
+    Per-image problems (a missing ``file_name``, an unknown ``category_id``, a bad ``bbox``)
+    are left to :class:`CocoDetection`, which can skip such images."""
+    where = ann_file
+    for section, keys in _REQUIRED_KEYS.items():
+        entries = dataset[section]
+        if not isinstance(entries, list):
+            raise ValueError(f"{where}: '{section}' must be a list of objects, got {_json_type(entries)}. "
+                             "Fix the annotation file.")
+        seen = set()
+        for index, entry in enumerate(entries):
+            if not isinstance(entry, dict):
+                raise ValueError(f"{where}: {section}[{index}] must be an object, got {_json_type(entry)}. "
+                                 "Fix the annotation file.")
+            what = f"{section}[{index}]" + (f" (id {entry['id']!r})" if "id" in entry else "")
+            missing = [k for k in keys if k not in entry]
+            if missing:
+                raise ValueError(f"{where}: {what} has no {' or '.join(repr(k) for k in missing)}; each entry of "
+                                 f"'{section}' needs {', '.join(repr(k) for k in keys)}. Fix the annotation file.")
+            bad = [k for k in keys if k.endswith("id") and not _is_int(entry[k])]
+            if bad:
+                raise ValueError(f"{where}: {section}[{index}] has {bad[0]} {entry[bad[0]]!r:.40}; COCO ids are "
+                                 "integers. Fix the annotation file.")
+            if section != "annotations":  # repeated annotation ids are left alone: training never uses them
+                if entry["id"] in seen:
+                    raise ValueError(f"{where}: {what}: the id {entry['id']} is used twice in '{section}'; "
+                                     "ids must be unique. Fix the annotation file.")
+                seen.add(entry["id"])
+
+
+def _json_type(value) -> str:
+    """The JSON name of a parsed value's type, with the value when it is short."""
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    name = names.get(type(value), "a number")
+    return name if isinstance(value, (dict, list)) or value is None else f"{name} ({value!r:.40})"
 
 
 def select_categories(coco, ann_file: Path, class_names: Optional[Sequence[str]],

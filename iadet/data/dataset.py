@@ -33,7 +33,8 @@ do not exist, unknown categories) raises an error naming the file and the image 
 ``num_skipped``. Problems found from the annotations and the folder listing are handled by
 the parser at construction; an image that fails to *decode* is only found when it is
 loaded: it is then replaced by the next good image (in dataset order) of the same
-orientation group, so aspect-ratio batches stay consistent, with a warning naming both.
+orientation group, so aspect-ratio batches stay consistent, with a warning naming both (a
+``ValueError`` naming the first failure when no image of the group decodes).
 Inside DataLoader worker processes that count stays in the worker; the warning is what
 reports it.
 """
@@ -127,7 +128,7 @@ class DetectionDataset(Dataset):
         self.transforms = transforms
         self.skip_bad_images = skip_bad_images
         self.num_skipped = num_skipped
-        self._bad_indices: set = set()
+        self._bad_images: Dict[int, str] = {}  # index -> why it cannot be loaded
         self._group_ids: Optional[np.ndarray] = None
 
     @property
@@ -211,12 +212,12 @@ class DetectionDataset(Dataset):
         errors = []
         for step in range(n):
             j = (index + step) % n
-            if j in self._bad_indices or groups[j] != groups[index]:
+            if j in self._bad_images or groups[j] != groups[index]:
                 continue
             try:
                 image = self.load_image(j)
             except (FileNotFoundError, ValueError) as exc:
-                self._bad_indices.add(j)
+                self._bad_images[j] = str(exc)
                 self.num_skipped += 1
                 errors.append(str(exc))
                 continue
@@ -226,5 +227,9 @@ class DetectionDataset(Dataset):
                               f"skip_bad_images=True, so image id {r.image_id} ({r.file_name}), the next good "
                               "image of the same orientation group, is used in its place.", stacklevel=3)
             return j, image
-        raise RuntimeError(f"{type(self).__name__}: no image of the orientation group of image id "
-                           f"{self.records[index].image_id} can be decoded (see the warnings above)")
+        group = [j for j in range(n) if groups[j] == groups[index]]
+        orientation = "portrait" if groups[index] else "landscape or square"
+        raise ValueError(f"{type(self).__name__}: skip_bad_images=True, but none of the {len(group)} "
+                         f"{orientation} image(s) of {self.image_dir} can be loaded, so image id "
+                         f"{self.records[index].image_id} has no replacement. Fix or replace the image files; "
+                         f"the first failure: {self._bad_images[group[0]]}")

@@ -7,6 +7,8 @@
   height > width) together, so little of a padded batch is padding; it shards *batches*
   among ranks with a :class:`ShardedSampler`.
 * :func:`build_dataloader` puts them together.
+* :func:`error_message` turns an error re-raised from a loader worker back into its own
+  one-line message (for the ``error:`` line of the command-line tools).
 
 Every order is a pure function of ``(seed, epoch)``: the same seed and epoch give the same
 batches on any machine and with any number of workers.
@@ -14,6 +16,7 @@ batches on any machine and with any number of workers.
 import functools
 import math
 import random
+import re
 import warnings
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -280,3 +283,24 @@ def build_dataloader(dataset, batch_size: int, num_workers: int = 0, shuffle: bo
                       collate_fn=functools.partial(collate_detection, size_divisor=size_divisor),
                       worker_init_fn=worker_init_fn if num_workers > 0 else None,
                       generator=torch.Generator().manual_seed(seed), pin_memory=pin_memory)
+
+
+# The last line of a formatted traceback: "ValueError: message" (or "package.module.Error: ...").
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*(?P<name>[A-Za-z_]\w*): ")
+
+
+def error_message(exc: BaseException) -> str:
+    """``str(exc)``, except for an error raised in a DataLoader worker process: the DataLoader
+    re-raises it (same type) with the worker's whole traceback as its message ("Caught
+    ValueError in DataLoader worker process 0.\\nOriginal Traceback ..."); this returns the
+    original error's message, without its "ValueError: " prefix."""
+    text = str(exc)
+    head, sep, trace = text.partition("\nOriginal Traceback")
+    if not sep:
+        return text
+    lines = trace.rstrip().splitlines()
+    for i in range(len(lines) - 1, -1, -1):  # the exception line; a multi-line message follows it
+        match = _EXCEPTION_LINE.match(lines[i])
+        if match and (match["name"] == type(exc).__name__ or match["name"].endswith(("Error", "Exception"))):
+            return " ".join(line.strip() for line in [lines[i][match.end():], *lines[i + 1:]] if line.strip())
+    return lines[-1].strip() if lines else head

@@ -260,12 +260,65 @@ def test_literal_choices_are_listed_with_a_suggestion():
     ("input.std=[1.0,2.0,0.0]", "input.std"),
     ("model.box_coder.weights=[1,1,1]", "model.box_coder.weights"),
     ("model.head.prior_prob=1.0", "model.head.prior_prob"),
+    ("train.lr_gamma=0", "train.lr_gamma"),
+    ("train.lr_gamma=-0.1", "train.lr_gamma"),
+    ("model.assigner.ignore_iof_thr=-1", "model.assigner.ignore_iof_thr"),
+    ("model.assigner.ignore_iof_thr=1.5", "model.assigner.ignore_iof_thr"),
+    ("data.synthetic.empty_fraction=1.5", "data.synthetic.empty_fraction"),
+    ("data.synthetic.max_objects=0", "data.synthetic.max_objects"),
+    ("data.synthetic.num_train=-1", "data.synthetic.num_train"),
+    ("data.synthetic.num_val=-1", "data.synthetic.num_val"),
+    ("data.synthetic.height=31", "data.synthetic.height"),
+    ("data.synthetic.width=31", "data.synthetic.width"),
 ])
 def test_out_of_range_values_name_the_key(opt, key):
     with pytest.raises(ConfigError) as err:
         load_config(None, [opt])
     assert err.value.key == key
     assert str(err.value).startswith(key)
+
+
+@pytest.mark.parametrize("opt, key", [
+    ("train.lr=.inf", "train.lr"),
+    ("train.lr=-.inf", "train.lr"),
+    ("model.test.alpha=.nan", "model.test.alpha"),  # Optional[float]
+    ("train.grad_clip=.inf", "train.grad_clip"),
+    ("model.anchors.ratios=[0.5,.inf]", "model.anchors.ratios[1]"),
+    ("train.lr=1" + "0" * 400, "train.lr"),  # an int beyond the largest float
+])
+def test_non_finite_numbers_name_the_key_and_the_override(opt, key):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [opt])
+    assert err.value.key == key
+    assert "must be a finite number" in str(err.value) and f"override {opt!r}" in str(err.value)
+
+
+@pytest.mark.parametrize("text", ["a: &x {b: *x}\n", "a: &x [1, *x]\n", "model: {test: &x {alpha: [*x]}}\n"])
+def test_yaml_alias_inside_itself_in_a_file_names_the_file(tmp_path, text):
+    path = write(tmp_path / "c.yaml", text)
+    with pytest.raises(ConfigError, match="contains it") as err:
+        load_config(path)
+    assert str(path) in str(err.value) and err.value.key.startswith(("a", "model.test"))
+
+
+def test_yaml_alias_inside_itself_in_an_override_names_the_override():
+    with pytest.raises(ConfigError, match="contains it") as err:
+        load_config(None, ["model.anchors.ratios=&a [1, *a]"])
+    assert err.value.key == "model.anchors.ratios[1]" and "override 'model.anchors.ratios=&a [1, *a]'" in str(err.value)
+
+
+def test_yaml_aliases_expanding_to_a_huge_tree_are_refused(tmp_path):
+    lines = ["l0: &l0 [0, 0, 0, 0, 0, 0, 0, 0, 0, 0]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, 7)]  # 10**7 values
+    path = write(tmp_path / "c.yaml", "\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match="expands to more than"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("text", ["2001-13-45", "1" * 5000])  # yaml raises ValueError for these
+def test_yaml_values_python_cannot_build_are_config_errors(text):
+    with pytest.raises(ConfigError, match="override 'train.lr="):
+        load_config(None, [f"train.lr={text}"])
 
 
 def test_alpha_bounds_are_inclusive():

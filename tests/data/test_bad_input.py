@@ -69,6 +69,19 @@ def test_bad_image_bytes_named_or_replaced(tmp_path, kind):
     assert skipping[0][1]["image_id"] == images[0]["id"]
 
 
+def test_no_decodable_image_of_a_group_is_a_value_error_naming_the_first(tmp_path):
+    path, image_dir, images = build_case(tmp_path, n=2)
+    for im in images:
+        (image_dir / im["file_name"]).write_bytes(b"this is not an image\n" * 10)
+    skipping = CocoDetection(path, image_dir, skip_bad_images=True)
+    for _ in range(2):  # the second time every image is already known to be bad
+        with pytest.raises(ValueError) as err:
+            skipping[1]
+        message = str(err.value)
+        assert f"image id {images[1]['id']} has no replacement" in message and str(image_dir) in message
+        assert f"image id {images[0]['id']}" in message and images[0]["file_name"] in message  # the first failure
+
+
 def test_decoded_size_different_from_annotation_is_an_error(tmp_path):
     _, image_dir, images = build_case(tmp_path)
     first = dict(images[0], width=100, height=50)
@@ -116,6 +129,37 @@ def test_invalid_json_named(tmp_path):
     bad.write_text('{"annotations": []}')
     with pytest.raises(ValueError, match=r"broken\.json is not a COCO-format JSON"):
         CocoDetection(bad, tmp_path)
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda d: d.update(images=None), r"'images' must be a list of objects, got null"),
+    (lambda d: d.update(annotations={}), r"'annotations' must be a list of objects, got an object"),
+    (lambda d: d["images"].append(7), r"images\[1\] must be an object, got a number \(7\)"),
+    (lambda d: d["images"][0].pop("id"), r"images\[0\] has no 'id'"),
+    (lambda d: d["images"].append(dict(d["images"][0])), r"images\[1\] \(id 5\): the id 5 is used twice"),
+    (lambda d: d["images"][0].update(id="5"), r"images\[0\] has id '5'; COCO ids are integers"),
+    (lambda d: d["annotations"][0].pop("category_id"), r"annotations\[0\] \(id 1\) has no 'category_id'"),
+    (lambda d: d["annotations"][0].pop("id"), r"annotations\[0\] has no 'id'"),
+    (lambda d: d["categories"][0].pop("name"), r"categories\[0\] \(id 1\) has no 'name'"),
+    (lambda d: d["categories"].append({"id": 1, "name": "again"}), r"categories\[3\] \(id 1\): the id 1 is used twice"),
+])
+def test_malformed_coco_json_names_the_file_and_the_entry(tmp_path, change, match):
+    data = small_coco([{"id": 5, "file_name": "a.jpg", "width": 8, "height": 8}], [ann(1, 5, [1, 1, 2, 2])])
+    change(data)
+    path = write_json(tmp_path, data, "malformed.json")
+    with pytest.raises(ValueError, match=rf"malformed\.json: {match}"):
+        CocoDetection(path, tmp_path)
+
+
+@pytest.mark.parametrize("bbox", ["abcd", 5, [1, 2, 3], [1, 2, "3", 4], [1, 2, True, 4], None])
+def test_bad_bbox_names_the_file_and_the_annotation(tmp_path, bbox):
+    path, image_dir, images = build_case(tmp_path, n=1)
+    data = small_coco(images, [ann(9, images[0]["id"], [1, 1, 5, 5])])
+    data["annotations"][0]["bbox"] = bbox
+    path = write_json(tmp_path, data, "bad_bbox.json")
+    with pytest.raises(ValueError, match=rf"bad_bbox\.json: annotation id 9 of image id {images[0]['id']} .*"
+                                         r"expected 4 numbers"):
+        CocoDetection(path, image_dir)
 
 
 def test_missing_voc_folders_name_path_and_download(tmp_path):

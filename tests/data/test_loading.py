@@ -199,3 +199,31 @@ def test_seeded_flip_differs_between_workers_and_repeats_between_runs():
     a = flips()
     assert a == flips()
     assert a[0::2] != a[1::2]  # worker 0 serves the even batches, worker 1 the odd ones
+
+
+class _Failing(torch.utils.data.Dataset):
+    """Raises (chained, as the datasets do) a ValueError whose message has two lines."""
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        try:
+            raise OSError("broken data stream")
+        except OSError as exc:
+            raise ValueError(f"image id {index}: /data/x.png: cannot decode it\nfix the file") from exc
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_error_message_of_a_loader_worker_is_the_original_one(num_workers):
+    from iadet.data.loading import error_message
+
+    loader = torch.utils.data.DataLoader(_Failing(), num_workers=num_workers)
+    with pytest.raises(ValueError) as err:
+        next(iter(loader))
+    if num_workers:
+        assert "Original Traceback" in str(err.value)  # what the DataLoader re-raises
+    message = error_message(err.value)
+    assert message == ("image id 0: /data/x.png: cannot decode it fix the file" if num_workers else
+                       "image id 0: /data/x.png: cannot decode it\nfix the file")
+    assert error_message(ValueError("plain: message")) == "plain: message"
