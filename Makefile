@@ -17,7 +17,7 @@ test: ensure-installed
 
 ## slow tests only
 test-slow: ensure-installed
-	$(PYTHON) -m pytest -m slow -q $(PYTEST_ARGS) tests || [ $$? -eq 5 ]  # 5: no slow tests yet
+	$(PYTHON) -m pytest -m slow -q $(PYTEST_ARGS) tests || [ $$? -eq 5 ]  # 5: no slow test collected
 
 test-all: ensure-installed
 	$(PYTHON) -m pytest -n 2 -q $(PYTEST_ARGS) tests
