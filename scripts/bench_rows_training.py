@@ -23,6 +23,16 @@ from bench_common import COMPAT_CONFIG, GOALS, REPO, alternate, make_row, torchv
 BENCH_SCRIPT = Path(__file__).resolve().with_name("bench.py")
 
 
+def sgd_step(losses_fn, optimizer) -> float:
+    """One training step: the summed losses (``num_pos`` is a count, not a loss), backward, step."""
+    losses = losses_fn()
+    total = sum(v for k, v in losses.items() if k != "num_pos")
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    optimizer.step()
+    return float(total.detach())
+
+
 class TrainingRows:
     """``row_*`` methods of the Bench (bench.py), which provides ``args``, ``device``,
     ``train_batch``, ``train_size``, ``rows``, ``log`` and ``train_setup``."""
@@ -54,14 +64,7 @@ class TrainingRows:
             return tv(s["images01"], s["targets"])
 
         def step(losses_fn, optimizer):
-            def run():
-                losses = losses_fn()
-                total = sum(v for k, v in losses.items() if k != "num_pos")
-                optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                optimizer.step()
-                return float(total.detach())
-            return run
+            return lambda: sgd_step(losses_fn, optimizer)
 
         return iadet_losses, tv_losses, step(iadet_losses, ia_opt), step(tv_losses, tv_opt)
 
@@ -223,11 +226,7 @@ def memory_child(side: str, inputs_path: str) -> None:
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-5, momentum=0.9)
 
     def step():
-        values = losses()
-        total = sum(v for k, v in values.items() if k != "num_pos")
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        optimizer.step()
+        sgd_step(losses, optimizer)
 
     step()  # optimizer state and one-off allocations
     optimizer.zero_grad(set_to_none=True)
