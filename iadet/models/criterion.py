@@ -14,7 +14,8 @@ from torch import Tensor
 
 from iadet.models.assigner import IGNORED, MaxIoUAssigner, pad_boxes
 from iadet.models.box_coder import DeltaBoxCoder
-from iadet.models.losses import giou_loss, iou_prediction_loss, one_hot_focal_loss_per_anchor, smooth_l1_loss
+from iadet.models.losses import (flush_subnormal_grad, giou_loss, iou_prediction_loss, one_hot_focal_loss_per_anchor,
+                                 smooth_l1_loss)
 from iadet.ops.boxes import aligned_box_iou
 
 
@@ -106,7 +107,8 @@ class RetinaNetCriterion:
         cls_per_image = torch.where(matched != IGNORED, cls_per_anchor, 0.0).sum(dim=1)
 
         # Positives only from here: (P,) rows, image of each in pos_image.
-        pos_deltas = deltas[pos]                                                            # (P, 4)
+        # (the positives' gradients pass a subnormal flush: no subnormal float reaches the head's backward)
+        pos_deltas = flush_subnormal_grad(deltas[pos])                                      # (P, 4)
         pos_anchors = anchors.expand(num_images, num_anchors, 4)[pos]                       # (P, 4)
         pos_gt = gt_boxes[pos_image, gt_index[pos]]                                         # (P, 4)
         pred_boxes = self.box_coder.decode(pos_deltas, pos_anchors)                         # (P, 4), no clipping
@@ -127,7 +129,8 @@ class RetinaNetCriterion:
                 # Paper's plain rows: detached target. The "†" rows (iou_target_grad=True) keep
                 # it attached, so dL_IoU/dIoU_target = -logit (Eq. 5) reaches the regression branch.
                 iou_target = iou_target.detach()
-            iou_elem = iou_prediction_loss(iou_logits[pos], iou_target, self.iou_loss, reduction="none")
+            pos_iou_logits = flush_subnormal_grad(iou_logits[pos])
+            iou_elem = iou_prediction_loss(pos_iou_logits, iou_target, self.iou_loss, reduction="none")
             per_image["loss_iou"] = self.iou_loss_weight * self._per_image(iou_elem, pos_image, num_images)
 
         num_pos_per_image = pos.sum(dim=1).to(cls_logits)                                   # (N,)

@@ -41,6 +41,19 @@ def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gam
     return _reduce(loss, reduction)
 
 
+def focal_clamp_limit(gamma: float) -> float:
+    """The logit magnitude T beyond which the one-hot focal loss clamps its logits.
+
+    A negative's term (1 - alpha) p^gamma softplus(x) and its gradient shrink like
+    e^{(gamma + 1) x}: below x = -T, T = 60 / (gamma + 1), both are under e^-60 ~ 1e-26, and
+    a few logits further they fall into subnormal floats, which slow the convolution backward
+    kernels several-fold on some CPUs (issue 14). Clamping the logit at -T changes each such
+    term by less than 1e-26 and makes its gradient exactly 0. The same bound on the positive
+    side (x > T) for a positive's alpha (1 - p)^gamma softplus(-x).
+    """
+    return 60.0 / (gamma + 1.0)
+
+
 def one_hot_focal_loss_per_anchor(logits: Tensor, pos_image: Tensor, pos_anchor: Tensor, pos_label: Tensor,
                                   alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
     """The focal loss of one-hot targets, summed over classes: (N, M, C) logits -> (N, M).
@@ -49,15 +62,41 @@ def one_hot_focal_loss_per_anchor(logits: Tensor, pos_image: Tensor, pos_anchor:
     rounding) where ``one_hot[pos_image[i], pos_anchor[i], pos_label[i]] = 1``, in a third of
     the passes over the N x M x C logits: every element is first taken as a negative,
     (1 - alpha) p^gamma softplus(x) (= -(1 - alpha) p^gamma log(1 - p)), then the P positive
-    elements are corrected to alpha (1 - p)^gamma softplus(-x).
+    elements are corrected to alpha (1 - p)^gamma softplus(-x). Logits are clamped to
+    [-T, T] of :func:`focal_clamp_limit` (each term changes by < 1e-26) so that the gradient
+    holds exact zeros, never subnormal floats, where the loss has none to give.
     """
     w_pos, w_neg = (alpha, 1.0 - alpha) if alpha >= 0 else (1.0, 1.0)
-    p = torch.sigmoid(logits)
-    per_anchor = (p.pow(gamma) * F.softplus(logits)).sum(-1) * w_neg
-    x = logits[pos_image, pos_anchor, pos_label]
-    p = p[pos_image, pos_anchor, pos_label]
-    correction = w_pos * (1 - p).pow(gamma) * F.softplus(-x) - w_neg * p.pow(gamma) * F.softplus(x)
+    limit = focal_clamp_limit(gamma)
+    x_neg = logits.clamp(min=-limit)
+    p = torch.sigmoid(x_neg)
+    per_anchor = (p.pow(gamma) * F.softplus(x_neg)).sum(-1) * w_neg
+    x = logits[pos_image, pos_anchor, pos_label].clamp(max=limit)
+    x_as_neg = x_neg[pos_image, pos_anchor, pos_label]
+    p_as_neg = p[pos_image, pos_anchor, pos_label]
+    correction = (w_pos * (1 - torch.sigmoid(x)).pow(gamma) * F.softplus(-x)
+                  - w_neg * p_as_neg.pow(gamma) * F.softplus(x_as_neg))
     return per_anchor.index_put((pos_image, pos_anchor), correction, accumulate=True)
+
+
+class _FlushSubnormalGrad(torch.autograd.Function):
+    """Identity forward; the backward replaces subnormal gradient values by 0."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        tiny = torch.finfo(grad.dtype).tiny
+        return torch.where(grad.abs() < tiny, torch.zeros((), dtype=grad.dtype, device=grad.device), grad)
+
+
+def flush_subnormal_grad(x: Tensor) -> Tensor:
+    """``x`` unchanged, but any gradient value below the smallest normal float that flows back
+    through it becomes 0 (for the few-row positive tensors whose losses can underflow, e.g.
+    BCE of a very negative IoU logit against a target of 0: sigmoid(x) - 0 is subnormal)."""
+    return _FlushSubnormalGrad.apply(x)
 
 
 def smooth_l1_loss(pred: Tensor, target: Tensor, beta: float = 0.11, reduction: str = "sum") -> Tensor:

@@ -91,9 +91,22 @@ def test_raw_outputs_and_detections_equal_torchvision(coco128_image_path):
     # the weights must make this a real test: many detections, untied scores.
     assert len(expected["scores"]) >= 50
     assert expected["scores"].unique().numel() == expected["scores"].numel()
-    assert torch.equal(got["labels"], expected["labels"])
-    assert (got["scores"] - expected["scores"]).abs().max() <= 1e-5
-    assert (got["boxes"] - expected["boxes"]).abs().max() <= 1e-2
+    assert_same_detections(got, expected)
+
+
+def assert_same_detections(got, expected, score_tol=1e-5, box_tol=1e-2):
+    """The same detections in the same order, except that two whose scores are within
+    ``score_tol`` may come in either order (conv kernels round differently across CPUs, and
+    near-ties of 1e-6 then swap places)."""
+    assert len(got["scores"]) == len(expected["scores"])
+    assert (got["scores"] - expected["scores"]).abs().max() <= score_tol
+    used = torch.zeros(len(got["scores"]), dtype=torch.bool)
+    for i in range(len(expected["scores"])):
+        near = ((got["scores"] - expected["scores"][i]).abs() <= 2 * score_tol) & ~used
+        near &= got["labels"] == expected["labels"][i]
+        near &= (got["boxes"] - expected["boxes"][i]).abs().amax(1) <= box_tol
+        assert near.any(), f"detection {i} of torchvision has no counterpart"
+        used[near.nonzero()[0, 0]] = True
 
 
 def test_empty_image_gives_empty_detections():
