@@ -61,7 +61,8 @@ def build_detector(cfg, class_names: Optional[Sequence[str]] = None) -> IoUAware
         num_classes=m.num_classes, in_channels=m.neck.out_channels,
         num_anchors=anchor_generator.num_anchors_per_location, feat_channels=m.head.feat_channels,
         stacked_convs=m.head.stacked_convs, norm=m.head.norm, gn_groups=m.head.gn_groups,
-        iou_branch=m.head.iou_branch, prior_prob=m.head.prior_prob)
+        iou_branch=m.head.iou_branch, prior_prob=m.head.prior_prob,
+        iou_detach_feature=m.head.iou_detach_feature)
     box_coder = build_box_coder(cfg)
     return IoUAwareRetinaNet(backbone=backbone, neck=neck, head=head, anchor_generator=anchor_generator,
                              box_coder=box_coder, postprocessor=build_postprocessor(cfg, box_coder),

@@ -108,6 +108,9 @@ class HeadConfig:
     gn_groups: int = 32
     iou_branch: bool = True  # false = plain RetinaNet
     prior_prob: float = 0.01  # classification bias = -log((1 - p) / p)
+    # true: the IoU conv sees a detached regression-tower feature, so the IoU loss reaches no
+    # shared layer (a control of the small-scale study, docs/results_mini.md; paper: false)
+    iou_detach_feature: bool = False
 
     def __post_init__(self) -> None:
         _check_positive(self, "feat_channels", "gn_groups")

@@ -4,12 +4,17 @@ Two towers of ``stacked_convs`` x (3x3 conv + [GroupNorm] + ReLU), shared over P
 Classification: 3x3 conv -> A*C logits. Regression: 3x3 conv -> A*4 deltas.
 IoU branch: ONE 3x3 conv -> A logits on the last regression-tower feature, parallel to the
 regression conv; one IoU per anchor shared by all classes (sigmoid at inference).
+The IoU conv is built and initialised on its own random stream
+(:func:`~iadet.models.random_streams.own_random_stream`), so the shared parts start equal with
+or without it for one seed (paired experiments).
 """
 import math
 from typing import Dict, List, Optional
 
 import torch
 from torch import Tensor, nn
+
+from iadet.models.random_streams import own_random_stream
 
 
 def _flatten_level(x: Tensor, k: int) -> Tensor:
@@ -28,11 +33,15 @@ class IoUAwareRetinaHead(nn.Module):
         norm: ``None`` or ``"gn"`` (GroupNorm in the towers, for training from scratch).
         iou_branch: build the IoU prediction conv.
         prior_prob: initial foreground probability of the classification bias.
+        iou_detach_feature: feed the IoU conv a detached regression-tower feature, so that
+            the IoU loss trains only the IoU conv and reaches no shared layer (a control of
+            issue 13's study; the paper: False).
     """
 
     def __init__(self, num_classes: int, in_channels: int = 256, num_anchors: int = 9,
                  feat_channels: int = 256, stacked_convs: int = 4, norm: Optional[str] = None,
-                 gn_groups: int = 32, iou_branch: bool = True, prior_prob: float = 0.01):
+                 gn_groups: int = 32, iou_branch: bool = True, prior_prob: float = 0.01,
+                 iou_detach_feature: bool = False):
         super().__init__()
         if norm not in (None, "gn"):
             raise ValueError(f"head norm must be None or 'gn', got {norm!r}")
@@ -51,7 +60,11 @@ class IoUAwareRetinaHead(nn.Module):
         self.cls_logits = nn.Conv2d(chans[-1], num_anchors * num_classes, 3, padding=1)
         self.bbox_pred = nn.Conv2d(chans[-1], num_anchors * 4, 3, padding=1)
         # The IoU branch: one 3x3 conv on the last regression-tower feature (paper §3.1).
-        self.iou_pred = nn.Conv2d(chans[-1], num_anchors, 3, padding=1) if iou_branch else None
+        self.iou_pred = None
+        if iou_branch:
+            with own_random_stream("head.iou_pred"):
+                self.iou_pred = nn.Conv2d(chans[-1], num_anchors, 3, padding=1)
+        self.iou_detach_feature = iou_detach_feature
         self.reset_parameters(prior_prob)
 
     @property
@@ -59,11 +72,14 @@ class IoUAwareRetinaHead(nn.Module):
         return self.iou_pred is not None
 
     def reset_parameters(self, prior_prob: float = 0.01) -> None:
-        for conv in [*self.cls_convs, *self.reg_convs, self.cls_logits, self.bbox_pred, self.iou_pred]:
-            if conv is not None:
-                nn.init.normal_(conv.weight, std=0.01)
-                nn.init.zeros_(conv.bias)
+        for conv in [*self.cls_convs, *self.reg_convs, self.cls_logits, self.bbox_pred]:
+            nn.init.normal_(conv.weight, std=0.01)
+            nn.init.zeros_(conv.bias)
         nn.init.constant_(self.cls_logits.bias, -math.log((1 - prior_prob) / prior_prob))
+        if self.iou_pred is not None:
+            with own_random_stream("head.iou_pred"):
+                nn.init.normal_(self.iou_pred.weight, std=0.01)
+                nn.init.zeros_(self.iou_pred.bias)
 
     def _tower(self, x: Tensor, convs, norms) -> Tensor:
         for i, conv in enumerate(convs):
@@ -87,7 +103,8 @@ class IoUAwareRetinaHead(nn.Module):
             cls_out.append(_flatten_level(self.cls_logits(cls_feat), self.num_classes))
             reg_out.append(_flatten_level(self.bbox_pred(reg_feat), 4))
             if self.iou_pred is not None:
-                iou_out.append(_flatten_level(self.iou_pred(reg_feat), 1))
+                iou_feat = reg_feat.detach() if self.iou_detach_feature else reg_feat
+                iou_out.append(_flatten_level(self.iou_pred(iou_feat), 1))
             counts.append(cls_out[-1].shape[1])
         out = {"cls_logits": torch.cat(cls_out, 1), "bbox_deltas": torch.cat(reg_out, 1),
                "num_anchors_per_level": counts}
