@@ -2,7 +2,7 @@
 
     python -m iadet.tools.reproduce coco [--root data/coco] [--gpus N] [--backbones r50,r101,x101] [--dry-run]
     python -m iadet.tools.reproduce voc  [--root data/VOCdevkit] [--gpus N] [--backbones r50,r101,x101] [--dry-run]
-    python -m iadet.tools.reproduce mini [--seeds 0,1]
+    python -m iadet.tools.reproduce mini [--seeds 0,1,2,3,4] [--control-seeds 0,1,2] [--dry-run]
 
 (``make reproduce-coco``, ``make reproduce-voc``, ``make reproduce-mini``.)
 
@@ -12,8 +12,8 @@
   the IoU_truth upper bound (Table 6) of the IoU-aware models; ``report.md`` with iadet's
   numbers next to the paper's.
 - ``voc``: the same for Table 5 (VOC07+12 -> VOC07 test).
-- ``mini``: the same study at CPU scale on the synthetic dataset, for several seeds, with
-  mean and spread (``docs/results_mini.md`` is its committed report).
+- ``mini``: the paired, powered study at CPU scale on the synthetic dataset
+  (:mod:`iadet.tools.study_mini`; ``docs/results_mini.md`` is its generated report).
 - ``--dry-run``: the whole pipeline for 2 iterations at 128 px on a tiny dataset laid out
   exactly like COCO / VOC (:mod:`iadet.tools.dry_run_data`), so the recipe is tested on CPU.
 
@@ -182,6 +182,10 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["mini"]:  # the paired small-scale study has its own runner
+        from iadet.tools.study_mini import main as study_main
+        return study_main(argv[1:])
     args = parse_args(argv)
     import torch
     gpus = torch.cuda.device_count() if args.gpus is None else args.gpus

@@ -1,0 +1,247 @@
+"""The small-scale study of the paper's claim (issue 13): paired, powered, resumable.
+
+    python -m iadet.tools.reproduce mini [--seeds 0,1,2,3,4] [--control-seeds 0,1,2] [--dry-run]
+    (make reproduce-mini [SEEDS=...] [CONTROL_SEEDS=...] [DRY_RUN=1])
+
+1. The pretrained start (``python -m iadet.tools.pretrain_shapes``; cached in
+   ``data/pretrained/``) is made when absent.
+2. Every arm of :data:`ARMS` trains for every seed of its role, seed-major (all main arms of
+   seed 0, then seed 1, ...), so a partial study is always paired. One seed gives every arm
+   the same shared initial weights, data order and flips (paired initialisation, tested in
+   tests/test_paired_init.py). The first seed of each arm evaluates after every epoch (the
+   learning curves).
+3. Each trained model is evaluated on the 1000 validation images; IoU-aware models with the
+   α sweep and IoU_truth in place of the predicted IoU (Tables 3, 4, 6).
+4. Each finished run leaves a small JSON summary in ``--results-dir``
+   (``docs/results_mini/runs/``, committed): a run whose summary exists is not redone, so the
+   study resumes across interruptions and sessions; an unfinished run resumes from its
+   ``latest.pth`` in ``--work-dir``.
+5. The report (``docs/results_mini.md``, :mod:`iadet.tools.study_report`) is generated from
+   the summaries at the end, and whenever asked (``python -m iadet.tools.study_report``).
+"""
+import argparse
+import json
+import re
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from iadet.io import atomic_write_text
+
+REPO = Path(__file__).resolve().parents[2]
+SWEEP_ALPHAS = "none,1.0,0.9,0.8,0.7,0.6,0.5,0.4,0.3"
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One trained variant: its config, which training regime, and its role in the study."""
+
+    name: str
+    config: str          # relative to the repository
+    title: str
+    regime: str          # "paper" (pretrained start, SGD) or "scratch_adamw" (issue 6's study)
+    role: str            # "main" (--seeds) or "control" (--control-seeds)
+
+    @property
+    def iou_aware(self) -> bool:
+        return not self.name.endswith("retinanet")
+
+
+ARMS = (
+    Arm("retinanet", "configs/mini/pretrained/retinanet.yaml", "RetinaNet", "paper", "main"),
+    Arm("iou_aware", "configs/mini/pretrained/iou_aware.yaml", "IoU-aware", "paper", "main"),
+    Arm("iou_aware_grad", "configs/mini/pretrained/iou_aware_grad.yaml", "IoU-aware †", "paper", "main"),
+    Arm("iou_aware_loss_weight0", "configs/mini/pretrained/iou_aware_loss_weight0.yaml",
+        "IoU branch, loss weight 0", "paper", "control"),
+    Arm("iou_aware_detached_feature", "configs/mini/pretrained/iou_aware_detached_feature.yaml",
+        "IoU branch on a detached feature", "paper", "control"),
+    Arm("scratch_retinanet", "configs/mini/retinanet.yaml", "RetinaNet (scratch, AdamW)", "scratch_adamw", "control"),
+    Arm("scratch_iou_aware", "configs/mini/iou_aware.yaml", "IoU-aware (scratch, AdamW)", "scratch_adamw", "control"),
+    Arm("scratch_iou_aware_grad", "configs/mini/iou_aware_grad.yaml", "IoU-aware † (scratch, AdamW)",
+        "scratch_adamw", "control"),
+)
+ARM_BY_NAME = {a.name: a for a in ARMS}
+
+# --dry-run: a few iterations at 96 px on 8 training and 4 validation images, a tiny pretraining
+DRY_RUN_OPTS = ["train.max_iters=2", "train.lr_steps=[1]", "train.warmup_iters=1", "train.batch_size=2",
+                "train.log_interval=1", "data.num_workers=0", "input.min_size=96", "input.max_size=96",
+                "data.synthetic.num_train=8", "data.synthetic.num_val=4", "data.synthetic.height=96",
+                "data.synthetic.width=96"]
+DRY_RUN_PRETRAIN = {"num_train": 64, "num_val": 32, "epochs": 1, "batch_size": 32, "crop_size": 32}
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    arm: Arm
+    seed: int
+    curve: bool  # evaluate after every epoch (the learning curve)
+
+    @property
+    def name(self) -> str:
+        return f"{self.arm.name}_seed{self.seed}"
+
+
+def parse_seeds(text: str) -> List[int]:
+    return [int(s) for s in re.split(r"[,\s]+", text.strip()) if s]
+
+
+def plan(seeds: List[int], control_seeds: List[int], arms=ARMS) -> List[StudyRun]:
+    """Main arms seed-major, then the paper-regime controls, then the scratch regime."""
+    runs = []
+    groups = [([a for a in arms if a.role == "main"], seeds),
+              ([a for a in arms if a.role == "control" and a.regime == "paper"], control_seeds),
+              ([a for a in arms if a.role == "control" and a.regime != "paper"], control_seeds)]
+    for group, group_seeds in groups:
+        for seed in group_seeds:
+            runs += [StudyRun(arm, seed, curve=seed == group_seeds[0]) for arm in group]
+    return runs
+
+
+def _run(module: str, args: List, log: Path) -> None:
+    """Run ``python -m module args`` in this process (no interpreter and torch start-up per
+    step: the study has dozens of steps), logging the equivalent command line."""
+    import importlib
+
+    argv = [str(a) for a in args]
+    line = " ".join(shlex.quote(c) for c in [sys.executable, "-m", module, *argv])
+    print("+ " + line, flush=True)
+    with open(log, "a") as f:
+        f.write(line + "\n")
+    try:
+        importlib.import_module(module).main(argv)
+    except SystemExit as exc:
+        if exc.code not in (None, 0):
+            raise RuntimeError(f"step failed with exit code {exc.code}: {line}") from None
+
+
+def learning_curve(metrics_jsonl: Path) -> List[Dict]:
+    """The validation entries of a run's metrics.jsonl: iteration, AP, AP50, AP75, AP90 (the
+    last entry of each iteration, so a resumed run's repeated evaluations count once)."""
+    points: Dict[int, Dict] = {}
+    if metrics_jsonl.is_file():
+        for line in metrics_jsonl.read_text().splitlines():
+            entry = json.loads(line)
+            if entry.get("mode") == "val":
+                points[entry["iteration"]] = {k: entry.get(k) for k in ("iteration", "AP", "AP50", "AP75", "AP90")}
+    return [points[k] for k in sorted(points)]
+
+
+def _last_train_record(metrics_jsonl: Path) -> Dict:
+    last = {}
+    if metrics_jsonl.is_file():
+        for line in metrics_jsonl.read_text().splitlines():
+            entry = json.loads(line)
+            if entry.get("mode") == "train":
+                last = entry
+    return last
+
+
+def git_commit() -> Optional[str]:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def run_one(run: StudyRun, work: Path, results: Path, opts: List[str], pretrained: Dict) -> Dict:
+    """Train and evaluate one run (resuming what exists); write and return its summary."""
+    from iadet.tools.pretrain_shapes import cpu_model
+
+    folder = work / run.name
+    run_opts = [f"train.seed={run.seed}", f"train.eval_interval={1 if run.curve else 0}"] + opts
+    if run.arm.regime == "paper":
+        run_opts.append(f"model.backbone.init={pretrained['path']}")
+    log = work / "commands.txt"
+    t0 = time.time()
+    _run("iadet.train", ["--config", REPO / run.arm.config, "--work-dir", folder, "--resume", "auto", "--no-progress",
+                         "--device", "cpu", "--opts", *run_opts], log)
+    t1 = time.time()
+    sweep = ["--alphas", SWEEP_ALPHAS, "--iou-source", "both"] if run.arm.iou_aware else []
+    if run.arm.iou_aware and run.curve:  # Fig. 4 and calibration plots for the first seed
+        sweep += ["--plots", folder / "plots"]
+    _run("iadet.eval", ["--config", REPO / run.arm.config, "--checkpoint", folder / "latest.pth", "--out",
+                        folder / "eval", "--no-progress", "--device", "cpu", "--backend", "fast", *sweep,
+                        "--opts", *run_opts], log)
+    t2 = time.time()
+    metrics = json.loads((folder / "eval" / "metrics.json").read_text())
+    last = _last_train_record(folder / "metrics.jsonl")
+    summary = {
+        "run": run.name, "arm": run.arm.name, "seed": run.seed, "regime": run.arm.regime, "role": run.arm.role,
+        "config": run.arm.config, "opts": run_opts, "git_commit": git_commit(), "cpu": cpu_model(),
+        "train_seconds": round(t1 - t0, 1), "eval_seconds": round(t2 - t1, 1),
+        "time_per_iter": last.get("time_per_iter"), "iterations": last.get("iteration"),
+        "final_losses": {k: v for k, v in last.items() if k.startswith("loss")},
+        "pretrained_sha256": pretrained.get("sha256") if run.arm.regime == "paper" else None,
+        "metrics": {k: v for k, v in metrics.items() if k not in ("per_class", "alpha_sweep", "analysis")},
+        "alpha_sweep": metrics.get("alpha_sweep", []),
+        "calibration": (metrics.get("analysis") or {}).get("calibration"),
+        "confidence_vs_iou_eval": (metrics.get("analysis") or {}).get("confidence_vs_iou_eval"),
+        "learning_curve": learning_curve(folder / "metrics.jsonl"),
+    }
+    atomic_write_text(json.dumps(summary, indent=1), results / "runs" / f"{run.name}.json")
+    return summary
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m iadet.tools.reproduce mini", description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", default="0,1,2,3,4", help="seeds of the main arms (RetinaNet, IoU-aware, †)")
+    p.add_argument("--control-seeds", default="0,1,2", help="seeds of the control arms")
+    p.add_argument("--arms", default=None, help="comma-separated subset of: " + ", ".join(ARM_BY_NAME))
+    p.add_argument("--work-dir", default=None, help="run folders (default work_dirs/reproduce_mini[_dry_run])")
+    p.add_argument("--results-dir", default=None,
+                   help="run summaries and the report (default docs/results_mini; dry run: inside --work-dir)")
+    p.add_argument("--report", default=None, help="the report (default docs/results_mini.md)")
+    p.add_argument("--pretrained", default="data/pretrained/resnet18_shapes.pth", help="the pretrained start")
+    p.add_argument("--dry-run", action="store_true", help="2 iterations at 96 px on a tiny set: tests the pipeline")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    from iadet.tools.pretrain_shapes import pretrain
+    from iadet.tools.study_report import write_study_report
+
+    args = parse_args(argv)
+    suffix = "_dry_run" if args.dry_run else ""
+    work = Path(args.work_dir or REPO / f"work_dirs/reproduce_mini{suffix}").resolve()
+    results = Path(args.results_dir or (work / "results" if args.dry_run else REPO / "docs/results_mini")).resolve()
+    report = Path(args.report or (results / "report.md" if args.dry_run else REPO / "docs/results_mini.md"))
+    arms = ARMS
+    if args.arms:
+        names = [a for a in re.split(r"[,\s]+", args.arms.strip()) if a]
+        unknown = [a for a in names if a not in ARM_BY_NAME]
+        if unknown:
+            print(f"error: --arms: unknown {', '.join(unknown)}; choose from {', '.join(ARM_BY_NAME)}", file=sys.stderr)
+            return 2
+        arms = tuple(a for a in ARMS if a.name in names)
+    runs = plan(parse_seeds(args.seeds), parse_seeds(args.control_seeds), arms)
+    work.mkdir(parents=True, exist_ok=True)
+    (results / "runs").mkdir(parents=True, exist_ok=True)
+    opts: List[str] = []
+    pretrained_path = Path(args.pretrained)
+    if args.dry_run:
+        opts = DRY_RUN_OPTS + [f"data.synthetic.cache_dir={work / 'data'}"]
+        pretrained_path = work / "pretrained" / "resnet18_shapes_dry_run.pth"
+    pretrained_path = (pretrained_path if pretrained_path.is_absolute() else REPO / pretrained_path)
+    record = pretrain(pretrained_path, progress=not args.dry_run, **(DRY_RUN_PRETRAIN if args.dry_run else {}))
+    pretrained = {"path": str(pretrained_path), "sha256": record["sha256"]}
+    atomic_write_text(json.dumps(record, indent=1), results / "pretrained.json")
+    command = "python -m iadet.tools.reproduce mini " + " ".join(shlex.quote(a) for a in (argv or sys.argv[2:]))
+    for i, run in enumerate(runs):
+        if (results / "runs" / f"{run.name}.json").is_file():
+            print(f"[{i + 1}/{len(runs)}] {run.name}: summary exists, not redone")
+            continue
+        print(f"[{i + 1}/{len(runs)}] {run.name}", flush=True)
+        run_one(run, work, results, opts, pretrained)
+        write_study_report(results, report, command=command, dry_run=args.dry_run)
+    path = write_study_report(results, report, command=command, dry_run=args.dry_run)
+    print(f"\nreport written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
