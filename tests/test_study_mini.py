@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from iadet.tools.pretrain_shapes import ShapeClassifier, cached, make_crops, pretrain
+from iadet.tools.pretrain_shapes import cached, make_crops, pretrain
 from iadet.tools.study_mini import ARMS, learning_curve, main, parse_seeds, plan
 from iadet.tools.study_report import load_summaries, metric, verdicts, write_study_report
 from iadet.tools.study_stats import (paired_difference, t_cdf, t_quantile, verdict_greater,
@@ -159,3 +159,12 @@ def test_dry_run_runs_the_whole_study(tmp_path, monkeypatch):
     before = {p: p.stat().st_mtime_ns for p in (work / "results" / "runs").glob("*.json")}
     assert main(["--dry-run", "--seeds", "0 1", "--control-seeds", "0", "--work-dir", str(work)]) == 0
     assert before == {p: p.stat().st_mtime_ns for p in (work / "results" / "runs").glob("*.json")}
+
+
+def test_runs_from_different_pretrained_backbones_do_not_pair():
+    from iadet.tools.study_report import paired
+    arms = {"a": {0: _summary("a", 0, 31.0, 50, 20, 5), 1: _summary("a", 1, 32.0, 50, 20, 5)},
+            "b": {0: _summary("b", 0, 30.0, 50, 20, 5), 1: _summary("b", 1, 30.0, 50, 20, 5)}}
+    assert paired(arms, "a", "b", lambda s: s["metrics"]["AP"], lambda s: s["metrics"]["AP"]).values == [1.0, 2.0]
+    arms["b"][1]["pretrained_sha256"] = "0" * 64  # seed 1 of arm b: made on another machine type
+    assert paired(arms, "a", "b", lambda s: s["metrics"]["AP"], lambda s: s["metrics"]["AP"]).values == [1.0]

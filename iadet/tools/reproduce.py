@@ -75,10 +75,6 @@ def paper_config(kind: str, method: str, backbone: str, variant: str = "") -> Pa
 
 
 def plan(args) -> List[Run]:
-    if args.kind == "mini":
-        seeds = [int(s) for s in re.split(r"[,\s]+", args.seeds.strip())]
-        return [Run(f"{method}_seed{seed}", REPO / "configs" / "mini" / f"{method}.yaml", method, "r18",
-                    [f"train.seed={seed}"], seed) for seed in seeds for method in METHODS]
     runs = []
     for backbone in re.split(r"[,\s]+", args.backbones.strip()):
         if backbone not in BACKBONES:
@@ -167,7 +163,7 @@ def machine_description(gpus: int) -> str:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m iadet.tools.reproduce", description=__doc__.splitlines()[0])
-    p.add_argument("kind", choices=("coco", "voc", "mini"))
+    p.add_argument("kind", choices=("coco", "voc"), help="(mini: see python -m iadet.tools.reproduce mini --help)")
     p.add_argument("--root", default=None, help="dataset root (default data/coco or data/VOCdevkit)")
     p.add_argument("--gpus", type=int, default=None, help="GPUs to train on (default: all visible; 0: CPU)")
     p.add_argument("--backbones", default="r50", help="comma-separated: r50, r101, x101")
@@ -175,7 +171,6 @@ def parse_args(argv=None):
                    help="folder with torchvision's ImageNet checkpoints (" + ", ".join(IMAGENET_FILES.values()) + ")")
     p.add_argument("--ablations", action="store_true",
                    help="coco: also train the R50 [600, 1000] models of Tables 2-4 (L2/BCE, α sweeps)")
-    p.add_argument("--seeds", default="0,1", help="mini: training seeds")
     p.add_argument("--dry-run", action="store_true", help="2 iterations on a tiny COCO/VOC-shaped synthetic set")
     p.add_argument("--work-dir", default=None, help="default work_dirs/reproduce_<kind>[_dry_run]")
     return p.parse_args(argv)
@@ -190,9 +185,9 @@ def main(argv=None) -> int:
     import torch
     gpus = torch.cuda.device_count() if args.gpus is None else args.gpus
     runs = plan(args)
-    root = Path(args.root or {"coco": "data/coco", "voc": "data/VOCdevkit", "mini": "."}[args.kind])
+    root = Path(args.root or {"coco": "data/coco", "voc": "data/VOCdevkit"}[args.kind])
     opts: List[str] = []
-    if args.kind != "mini" and not args.dry_run:
+    if not args.dry_run:
         missing = missing_data(args.kind, root)
         if missing:  # before anything is written
             print(f"error: {args.kind.upper()} not found; missing: {', '.join(missing)}\n"
@@ -213,14 +208,10 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     if args.dry_run:
         from iadet.tools.dry_run_data import write_coco_layout, write_voc_layout
-        if args.kind != "mini":
-            root = work / "data" / args.kind
-            if not root.is_dir():
-                (write_coco_layout if args.kind == "coco" else write_voc_layout)(root)
+        root = work / "data" / args.kind
+        if not root.is_dir():
+            (write_coco_layout if args.kind == "coco" else write_voc_layout)(root)
         opts += DRY_RUN_OPTS + (["model.num_classes=9"] if args.kind == "coco" else [])
-        if args.kind == "mini":
-            opts += [f"data.synthetic.cache_dir={work / 'data'}", "data.synthetic.num_train=8",
-                     "data.synthetic.num_val=4"]
     opts = data_opts(args.kind, root) + opts
     start = time.time()
     timings: Dict[str, float] = {}

@@ -1,15 +1,13 @@
-"""``report.md`` of a reproduction: iadet's numbers next to the paper's (or, for the mini
-study, mean and spread over seeds). Reads each run's ``eval/metrics.json`` (written by
-``python -m iadet.eval``)."""
+"""``report.md`` of a COCO / VOC reproduction: iadet's numbers next to the paper's. Reads each
+run's ``eval/metrics.json`` (written by ``python -m iadet.eval``). The small-scale study has
+its own report (:mod:`iadet.tools.study_report`)."""
 import datetime
 import json
-import statistics
 from pathlib import Path
 from typing import Dict, List, Optional
 
 COLUMNS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 SWEEP_COLUMNS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AP60", "AP70", "AP80", "AP90")
-MINI_COLUMNS = ("AP", "AP50", "AP75", "AP90")
 METHOD_TITLES = {"retinanet": "RetinaNet", "iou_aware": "IoU-aware RetinaNet",
                  "iou_aware_grad": "IoU-aware RetinaNet †", "iou_aware_l2": "IoU-aware RetinaNet (L2 IoU loss)"}
 
@@ -105,65 +103,11 @@ def _paper_report(kind: str, runs, work: Path) -> List[str]:
     return out
 
 
-def _mean_std(values: List[float]) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return "–"
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
-
-
-def _mini_report(runs, work: Path) -> List[str]:
-    metrics = {run.name: load_metrics(work, run) for run in runs}
-    seeds = sorted({r.seed for r in runs})
-    out = [f"Mean ± sample standard deviation over seeds {', '.join(map(str, seeds))} "
-           f"(n = {len(seeds)}); every model has the same data, schedule and seed set.", "",
-           "## The three models (configured α = 0.5 for the IoU-aware ones)", ""]
-    rows = []
-    for method in ("retinanet", "iou_aware", "iou_aware_grad"):
-        group = [metrics[r.name] for r in runs if r.method == method and metrics[r.name]]
-        rows.append([METHOD_TITLES[method], *(_mean_std([m[c] for m in group]) for c in MINI_COLUMNS)])
-    out += [_table(["model", *MINI_COLUMNS], rows), "", "Per seed:", ""]
-    out += [_table(["run", *MINI_COLUMNS], [[r.name, *((metrics[r.name] or {}).get(c) for c in MINI_COLUMNS)]
-                                           for r in runs]), ""]
-    for method in ("iou_aware", "iou_aware_grad"):
-        group = [metrics[r.name] for r in runs if r.method == method and metrics[r.name]]
-        if not group:
-            continue
-        for source, title in (("predicted", "α sweep (Tables 3/4)"), ("truth", "upper bound with IoU_truth (Table 6)")):
-            alphas = [r["alpha"] for r in _sweep(group[0], source)]
-            table = []
-            for alpha in alphas:
-                per_seed = [next(r for r in _sweep(m, source) if r["alpha"] == alpha) for m in group]
-                table.append([alpha, *(_mean_std([r[c] for r in per_seed]) for c in SWEEP_COLUMNS)])
-            out += [f"## {METHOD_TITLES[method]}: {title}", "", _table(["α", *SWEEP_COLUMNS], table), ""]
-        corr = []
-        for m in group:
-            analysis = m.get("analysis", {})
-            panels = {p["panel"].split(", α=")[0]: p for p in analysis.get("confidence_vs_iou_eval", [])}
-            calib = analysis.get("calibration", {})
-            corr.append((panels, calib))
-        rows = []
-        for name in dict.fromkeys(k for panels, _ in corr for k in panels):
-            rows.append([f"{name}: confidence vs IoU_eval",
-                         _mean_std([p[name]["pearson"] for p, _ in corr if name in p and p[name]["pearson"] is not None]),
-                         _mean_std([p[name]["spearman"] for p, _ in corr if name in p and p[name]["spearman"] is not None])])
-        rows.append(["predicted IoU vs IoU_truth (IoU_truth ≥ 0.5)",
-                     _mean_std([c.get("pearson") for _, c in corr]), _mean_std([c.get("spearman") for _, c in corr])])
-        maes = [c.get("mae") for _, c in corr if c.get("mae") is not None]
-        out += [f"## {METHOD_TITLES[method]}: correlations (Fig. 4) and calibration", "",
-                _table(["quantity", "Pearson", "Spearman"], rows), "",
-                f"Mean absolute error of the predicted IoU on those positives: {_mean_std(maes)}.", ""]
-    return out
-
-
 def write_report(kind: str, runs, work: Path, command: str, machine: str, seconds: float,
                  timings: Dict[str, float], dry_run: bool = False) -> Path:
     """Write ``work/report.md`` and return its path."""
     work = Path(work)
-    title = {"coco": "COCO (Tables 1, 3, 4, 6)", "voc": "PASCAL VOC (Tables 5, 6)",
-             "mini": "CPU-scale study on the synthetic dataset"}[kind]
+    title = {"coco": "COCO (Tables 1, 3, 4, 6)", "voc": "PASCAL VOC (Tables 5, 6)"}[kind]
     lines = [f"# iadet reproduction: {title}", "",
              f"- command: `{command}`", f"- machine: {machine}",
              f"- date: {datetime.date.today().isoformat()}",
@@ -173,7 +117,7 @@ def write_report(kind: str, runs, work: Path, command: str, machine: str, second
         lines.append("- **dry run**: 2 iterations at 128 px on a tiny synthetic dataset laid out like the real one; "
                      "the numbers test the recipe, not the method")
     lines.append("")
-    lines += _mini_report(runs, work) if kind == "mini" else _paper_report(kind, runs, work)
+    lines += _paper_report(kind, runs, work)
     path = work / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -54,11 +54,21 @@ def metric(summary: Dict, column: str, alpha: Optional[str] = None, source: str 
     return sweep_value(summary, source, alpha, column)
 
 
+def same_start(x: Dict, y: Dict) -> bool:
+    """Whether two runs of one seed started from the same pretrained backbone (or none):
+    the pretraining is deterministic per CPU type, so a study resumed on another kind of
+    machine may have made a different one, and runs across it do not pair."""
+    return x.get("pretrained_sha256") is None or y.get("pretrained_sha256") is None or \
+        x["pretrained_sha256"] == y["pretrained_sha256"]
+
+
 def paired(arms, a: str, b: Optional[str], value_a: Callable, value_b: Optional[Callable] = None) -> PairedDifference:
     """value_a(arm a's summary) - value_b(arm b's summary) per common seed (b None: value_a alone)."""
     seeds = sorted(set(arms.get(a, {})) & (set(arms.get(b, {})) if b else set(arms.get(a, {}))))
     values = []
     for seed in seeds:
+        if b and not same_start(arms[a][seed], arms[b][seed]):
+            continue  # different pretrained backbones (another machine type): not a pair
         x = value_a(arms[a][seed])
         y = value_b(arms[b][seed]) if b else 0.0
         if x is not None and y is not None:
@@ -196,7 +206,9 @@ def write_study_report(results: Path, out: Path, command: str = "", dry_run: boo
               f"- runs finished: {len(all_runs)}; their training + evaluation time: {train_min:.1f} min; "
               f"pretraining: {pretrained.get('seconds', 0) / 60:.1f} min (val accuracy "
               f"{pretrained.get('val_accuracy', float('nan')):.3f}, sha256 {pretrained.get('sha256', '?')[:12]})",
-              f"- validation images: {_num_val(all_runs)}", ""]
+              f"- validation images: {_num_val(all_runs)}",
+              f"- pretrained backbones used: {', '.join(sorted({s['pretrained_sha256'][:12] for s in all_runs if s.get('pretrained_sha256')})) or '–'} "
+              "(runs of one seed pair only when they share it)", ""]
     per_arm = [[TITLES.get(a, a), len(seeds), ", ".join(map(str, sorted(seeds))),
                 statistics.fmean(s["train_seconds"] for s in seeds.values()) / 60,
                 statistics.fmean(s["eval_seconds"] for s in seeds.values()) / 60] for a, seeds in arms.items()]
