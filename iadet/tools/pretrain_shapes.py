@@ -5,12 +5,14 @@
 The small-scale study (issue 13, ``make reproduce-mini``) fine-tunes its detectors the way the
 paper fine-tunes an ImageNet backbone: from one pretrained start shared by every arm, with
 BatchNorm statistics and the first stages frozen. This tool makes that start. Its task is
-separate from detection: one object per 32 x 32 crop, 9 shape classes (all of
-:data:`~iadet.data.shapes.CLASSES`; the detection set uses the first 3), difficulty 0 (smooth backgrounds), objects of half to 0.9 of the crop,
-drawn by :func:`~iadet.data.synthetic.render_image` from a seed stream the detection data
-never uses; AdamW with warm-up and a cosine decay. The output is a torchvision-format ResNet state dict (``conv1.weight``, ...,
-``fc.weight``), loaded through ``model.backbone.init`` exactly like ImageNet weights, with a
-JSON record beside it (settings, accuracy, time, sha256, machine).
+separate from detection: one object per 32 x 32 crop (half to 0.9 of the crop), 9 shape
+classes (all of :data:`~iadet.data.shapes.CLASSES`; the detection set uses the first 3),
+smooth backgrounds (difficulty 0), drawn by :func:`~iadet.data.synthetic.render_image` from a
+seed stream the detection data never uses; AdamW with warm-up and a cosine decay (from random
+weights it learns this several times faster than SGD in a CPU budget). The output is a
+torchvision-format ResNet state dict (``conv1.weight``, ..., ``fc.weight``), loaded through
+``model.backbone.init`` exactly like ImageNet weights, with a JSON record beside it
+(settings, accuracy per epoch, time, sha256, CPU model).
 
 Deterministic (one process, fixed seeds): the same settings on the same CPU type give the
 same file; a later run with the same settings finds the record and does nothing (cached).
@@ -139,7 +141,6 @@ def pretrain(out: Path = DEFAULT_OUT, progress: bool = True, **overrides) -> dic
     train_x, train_y = make_crops(s["num_train"], 0, s, progress)
     val_x, val_y = make_crops(s["num_val"], 1, s, progress)
     model = ShapeClassifier(s["arch"], len(CLASSES))
-    # AdamW: from random weights it learns this task several times faster than SGD in a CPU budget
     optimizer = torch.optim.AdamW(model.parameters(), lr=s["lr"], weight_decay=s["weight_decay"])
     steps_per_epoch = s["num_train"] // s["batch_size"]
     total = s["epochs"] * steps_per_epoch
