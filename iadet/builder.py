@@ -24,6 +24,15 @@ def build_backbone(cfg):
     b = cfg.model.backbone
     backbone = build_resnet(b.name, norm=b.norm, gn_groups=b.gn_groups, frozen_stages=b.frozen_stages)
     if b.init:
+        from pathlib import Path
+
+        from iadet.config import ConfigError
+        if not Path(b.init).is_file():
+            how = ("make it with `python -m iadet.tools.pretrain_shapes --out {path}` (the synthetic-shapes "
+                   "pretraining of the small-scale study)" if "shapes" in Path(b.init).name else
+                   "download torchvision's ImageNet checkpoint (https://download.pytorch.org/models/<file name>)")
+            raise ConfigError(f"{b.init!r} does not exist: {how.format(path=b.init)}, or set it null to start "
+                              "from random weights", key="model.backbone.init")
         backbone.load_torchvision_weights(b.init)
     return backbone
 
@@ -41,7 +50,7 @@ def build_box_coder(cfg) -> DeltaBoxCoder:
 def build_postprocessor(cfg, box_coder: DeltaBoxCoder) -> PostProcessor:
     t = cfg.model.test
     return PostProcessor(box_coder, alpha=t.alpha, score_thr=t.score_thr, topk_per_level=t.topk_per_level,
-                         nms_iou=t.nms_iou, max_det=t.max_det, order=t.order)
+                         nms_iou=t.nms_iou, max_det=t.max_det, order=t.order, candidates=t.candidates)
 
 
 def build_preprocessor(cfg) -> ImagePreprocessor:
@@ -140,8 +149,10 @@ def build_dataset(cfg, split: str = "train", train_transforms: Optional[bool] = 
         if not section.voc_root:
             raise ConfigError("is not set: give the VOCdevkit folder", key=f"data.{split}.voc_root")
         sources = [tuple(s.split("/")) for s in section.voc_sources]
+        # data.voc_difficult: difficult objects as ignore regions, or left out (negatives; authors)
         dataset = VOCDetection(section.voc_root, sources=sources, transforms=transforms,
-                               keep_difficult=not train, skip_bad_images=d.skip_bad_images)
+                               keep_difficult=not train, skip_bad_images=d.skip_bad_images,
+                               train_difficult=d.voc_difficult, filter_empty=d.filter_empty and train)
         source, key = f"{section.voc_root} ({', '.join(section.voc_sources)})", f"data.{split}.voc_sources"
     else:
         if section.type == "synthetic":
@@ -163,7 +174,10 @@ def build_dataset(cfg, split: str = "train", train_transforms: Optional[bool] = 
         left_out = []
         if dataset.num_skipped:
             left_out.append(f"{dataset.num_skipped} bad image(s) are skipped (data.skip_bad_images: true)")
-        if getattr(dataset, "filter_empty", False) and len(dataset.coco.imgs) > dataset.num_skipped:
+        # images listed in the annotations: COCO's index, or VOC's kept + left out as empty + skipped
+        listed = (len(dataset.coco.imgs) if hasattr(dataset, "coco")
+                  else getattr(dataset, "num_empty_left_out", 0) + dataset.num_skipped)
+        if getattr(dataset, "filter_empty", False) and listed > dataset.num_skipped:
             left_out.append("the images without a box are left out (data.filter_empty: true)")
         detail = f"leaves no image: {' and '.join(left_out)}" if left_out else "lists no images"
         raise ConfigError(f"{source} {detail}; the {split} set needs at least one image", key=key)

@@ -145,6 +145,11 @@ class TestConfig:
     nms_iou: float = 0.5
     max_det: int = 100
     order: Literal["topk_then_thr", "thr_then_topk"] = "topk_then_thr"
+    # What topk_per_level counts. pairs: the (anchor, class) pairs with the highest S (iadet,
+    # torchvision, MMDetection 3). anchors: the anchors with the highest S over their classes,
+    # then every class of them is thresholded (the authors' `max_scores.topk(nms_pre)`; the
+    # paper configs). Both orders select the same candidates in either mode.
+    candidates: Literal["pairs", "anchors"] = "pairs"
     # Inference speed-ups used by iadet.infer / iadet.eval (not by evaluation during training):
     fuse_bn: bool = False  # fold BatchNorm into the convs: same detections, ~10 % faster on CPU
     channels_last: bool = False  # NHWC weights: same detections, faster oneDNN/cuDNN convs
@@ -159,6 +164,9 @@ class TestConfig:
         _check(0.0 <= self.score_thr <= 1.0, "score_thr", "must be in [0, 1]", self.score_thr)
         _check(0.0 <= self.nms_iou <= 1.0, "nms_iou", "must be in [0, 1]", self.nms_iou)
         _check_positive(self, "topk_per_level", "max_det")
+        _check(self.candidates in ("pairs", "anchors"), "candidates",
+               "must be 'pairs' (top-k (anchor, class) pairs) or 'anchors' (top-k anchors, authors)",
+               self.candidates)
 
 
 @dataclass
@@ -290,13 +298,21 @@ class DataConfig:
     test: DatasetConfig = field(default_factory=DatasetConfig)  # `iadet.eval --split test` (e.g. test-dev)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     crowd: Literal["drop", "ignore"] = "drop"  # authors drop crowd boxes in training
-    filter_empty: bool = False  # drop training images without objects
+    filter_empty: bool = False  # drop training images without objects (authors, paper configs: true)
+    # VOC objects marked difficult, in training (evaluation always ignores them). ignore: they
+    # become ignore regions, anchors on them are neither positive nor negative. negative: they
+    # are left out of the targets, so anchors on them are negatives (the authors: with_crowd
+    # False, no gt_bboxes_ignore reaches the assigner; the paper's VOC configs).
+    voc_difficult: Literal["ignore", "negative"] = "ignore"
     skip_bad_images: bool = False  # skip (with a warning) instead of stopping on a bad image
     flip_prob: float = 0.5
     num_workers: int = 2
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.flip_prob <= 1.0, "flip_prob", "must be in [0, 1]", self.flip_prob)
+        _check(self.voc_difficult in ("ignore", "negative"), "voc_difficult",
+               "must be 'ignore' (ignore regions) or 'negative' (left out: anchors on them are negatives)",
+               self.voc_difficult)
         _check(self.num_workers >= 0, "num_workers", "must be >= 0", self.num_workers)
 
 

@@ -8,9 +8,15 @@ width ``xmax - xmin + 1`` of the old "+1" convention is kept. This is Detectron2
 conversion (MMDetection 3 subtracts 1 from all four coordinates, which shrinks every box by
 a pixel). Fractional coordinates (some VOC-format sets have them) are read as floats.
 
-Difficult objects: in training (``keep_difficult=False``) they are not learnt from but
-returned as ``target["ignore_boxes"]``; with ``keep_difficult=True`` (evaluation) they stay in
-``boxes``/``labels`` with ``target["difficult"]`` (K,) bool marking them.
+Difficult objects: in training (``keep_difficult=False``) they are not learnt from. With
+``train_difficult="ignore"`` (default) they are returned as ``target["ignore_boxes"]``, so
+anchors on them are neither positives nor negatives; with ``"negative"`` they are left out
+of the target altogether, so anchors on them are negatives (the authors' recipe: their
+MMDetection v1 fork puts difficult objects in ``bboxes_ignore`` but trains with
+``with_crowd=False``, so no ignore box reaches the assigner). With ``keep_difficult=True``
+(evaluation) they stay in ``boxes``/``labels`` with ``target["difficult"]`` (K,) bool
+marking them. ``filter_empty=True`` leaves out images left without a box (in training:
+those whose objects are all difficult; the authors skip them).
 :meth:`VOCDetection.to_coco_dict` turns the ground truth into COCO format with difficult
 objects as ``iscrowd=1``, so COCO-style AP (SPEC §2, Table 5) ignores them.
 
@@ -45,8 +51,14 @@ class VOCDetection(DetectionDataset):
         sources: ``(year, split)`` pairs, concatenated in this order; the 2007 test set is
             ``[("2007", "test")]``.
         transforms: ``(image, target) -> (image, target)`` or None (uint8 images).
-        keep_difficult: False (training): difficult objects go to ``ignore_boxes``. True
-            (evaluation): they stay in ``boxes`` and ``target["difficult"]`` flags them.
+        keep_difficult: False (training): difficult objects are not learnt from (see
+            ``train_difficult``). True (evaluation): they stay in ``boxes`` and
+            ``target["difficult"]`` flags them.
+        train_difficult: with ``keep_difficult=False``: ``"ignore"`` (default) returns
+            difficult objects as ``ignore_boxes``; ``"negative"`` drops them, so anchors on
+            them are negatives (the authors').
+        filter_empty: leave out images without any box in ``boxes`` (counted in
+            ``num_empty_left_out``); default keeps them as all-negative images.
         skip_bad_images: leave out images whose XML or JPEG is missing or broken, or which
             name a class outside the 20, with one warning (counted in ``num_skipped``),
             instead of raising; images that fail to decode later are replaced as described
@@ -54,18 +66,25 @@ class VOCDetection(DetectionDataset):
 
     Attributes: ``class_names`` (the 20 VOC classes, index = label), ``label_to_cat_id``
     (label + 1, the ids of :meth:`to_coco_dict`), ``cat_id_to_label``, ``voc_ids`` (the
-    ``(year, id)`` of every image), ``num_dropped_boxes``, ``num_clipped_boxes``.
+    ``(year, id)`` of every image), ``num_dropped_boxes``, ``num_clipped_boxes``,
+    ``num_empty_left_out``.
     """
 
     def __init__(self, root: Union[str, Path], sources: Sequence[Tuple[str, str]] = (("2007", "trainval"),
                                                                                    ("2012", "trainval")),
-                 transforms: Optional[Callable] = None, keep_difficult: bool = False, skip_bad_images: bool = False):
+                 transforms: Optional[Callable] = None, keep_difficult: bool = False, skip_bad_images: bool = False,
+                 train_difficult: str = "ignore", filter_empty: bool = False):
+        if train_difficult not in ("ignore", "negative"):
+            raise ValueError(f"train_difficult must be 'ignore' or 'negative', got {train_difficult!r}")
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"VOCdevkit folder not found: {root}. {VOC_DOWNLOAD_HINT}.")
         self.root = root
         self.sources = [(str(year), str(split)) for year, split in sources]
         self.keep_difficult = keep_difficult
+        self.train_difficult = train_difficult
+        self.filter_empty = filter_empty
+        self.num_empty_left_out = 0
         self.skip_bad_images = skip_bad_images
         self.label_to_cat_id = list(range(1, len(VOC_CLASSES) + 1))
         self.cat_id_to_label = {c: i for i, c in enumerate(self.label_to_cat_id)}
@@ -79,7 +98,8 @@ class VOCDetection(DetectionDataset):
 
     def __repr__(self) -> str:
         return (f"VOCDetection(root={str(self.root)!r}, sources={self.sources}, images={len(self)}, "
-                f"keep_difficult={self.keep_difficult})")
+                f"keep_difficult={self.keep_difficult}, train_difficult={self.train_difficult!r}, "
+                f"filter_empty={self.filter_empty})")
 
     def _image_ids(self, year: str, split: str) -> List[str]:
         list_file = self.root / f"VOC{year}" / "ImageSets" / "Main" / f"{split}.txt"
@@ -110,14 +130,18 @@ class VOCDetection(DetectionDataset):
                 if clipped:
                     self.num_clipped_boxes += clipped
                     clipped_ids.append(image_id)
-                self._objects.append((boxes, labels, difficult))
-                self.voc_ids.append((year, voc_id))
                 if self.keep_difficult:
                     record = ImageRecord(image_id, file_name, height, width, boxes, labels, np.zeros((0, 4)),
                                          extra={"difficult": difficult})
                 else:
+                    ignore = boxes[difficult] if self.train_difficult == "ignore" else np.zeros((0, 4))
                     record = ImageRecord(image_id, file_name, height, width, boxes[~difficult], labels[~difficult],
-                                         boxes[difficult])
+                                         ignore)
+                if self.filter_empty and len(record.boxes) == 0:
+                    self.num_empty_left_out += 1
+                    continue
+                self._objects.append((boxes, labels, difficult))
+                self.voc_ids.append((year, voc_id))
                 records.append(record)
         if skipped:
             warnings.warn(f"VOCDetection: skipped {len(skipped)} bad image(s) "

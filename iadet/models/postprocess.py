@@ -3,6 +3,11 @@
 Per image and level: confidence S = p**alpha * IoU**(1 - alpha) for every (anchor, class);
 the ``topk_per_level`` candidates by S; score threshold on S; decode; clip to the image;
 class-wise NMS on S; keep ``max_det`` by S. The reported score is S.
+
+A candidate is an (anchor, class) pair (``candidates="pairs"``, iadet's default, as
+torchvision and MMDetection 3), or an anchor ranked by its highest S over the classes, all
+of whose classes are then thresholded (``candidates="anchors"``: the authors' MMDetection v1
+``max_scores.topk(nms_pre)``, used by the paper configs).
 """
 import math
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -46,17 +51,24 @@ class PostProcessor:
         nms_iou: class-wise NMS IoU threshold.
         max_det: detections kept per image.
         order: ``"topk_then_thr"`` (authors, iadet) or ``"thr_then_topk"`` (torchvision,
-            MMDetection 3). Over (anchor, class) candidates both select the same set; the
+            MMDetection 3). Both select the same set (in either ``candidates`` mode); the
             option exists so each convention is spelled out where it is applied.
+        candidates: what ``topk_per_level`` counts. ``"pairs"``: the (anchor, class) pairs
+            with the highest S. ``"anchors"`` (authors): the anchors with the highest
+            max-over-classes S (ties: the lower anchor index first), then every class of
+            them with S above the threshold; a level may then give up to
+            ``topk_per_level * C`` candidates.
     """
 
     def __init__(self, box_coder: DeltaBoxCoder, alpha: Optional[float] = 0.5, score_thr: float = 0.05,
                  topk_per_level: int = 1000, nms_iou: float = 0.5, max_det: int = 100,
-                 order: str = "topk_then_thr"):
+                 order: str = "topk_then_thr", candidates: str = "pairs"):
         if alpha is not None and not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1] or None, got {alpha}")
         if order not in ("topk_then_thr", "thr_then_topk"):
             raise ValueError(f"order must be 'topk_then_thr' or 'thr_then_topk', got {order!r}")
+        if candidates not in ("pairs", "anchors"):
+            raise ValueError(f"candidates must be 'pairs' or 'anchors', got {candidates!r}")
         self.box_coder = box_coder
         self.alpha = alpha
         self.score_thr = score_thr
@@ -64,6 +76,7 @@ class PostProcessor:
         self.nms_iou = nms_iou
         self.max_det = max_det
         self.order = order
+        self.candidates = candidates
 
     def select_candidates(self, cls_logits: Tensor, iou_prob: Optional[Tensor], alpha: Optional[float],
                           num_anchors_per_level: Sequence[int]):
@@ -86,6 +99,8 @@ class PostProcessor:
             image order.
         """
         n, _, c = cls_logits.shape
+        if self.candidates == "anchors":
+            return self._anchor_candidates(cls_logits, iou_prob, alpha, num_anchors_per_level)
         bounds = self.logit_bounds(iou_prob, alpha, n, cls_logits.shape[1], cls_logits.device)
         picked = []
         start = 0
@@ -100,6 +115,40 @@ class PostProcessor:
         by_image = torch.sort(img, stable=True).indices
         img, flat, vals = img[by_image], flat[by_image], vals[by_image]
         return img, flat // c, flat % c, vals
+
+    def _anchor_candidates(self, cls_logits: Tensor, iou_prob: Optional[Tensor], alpha: Optional[float],
+                           num_anchors_per_level: Sequence[int]):
+        """:meth:`select_candidates` for ``candidates="anchors"`` (the authors' rule).
+
+        Per level, the ``topk_per_level`` anchors with the highest S over classes, then every
+        class of them with S > score_thr. S grows with p for a fixed anchor, so an anchor's
+        highest S is S of its largest logit: one max over classes, then S of N x M values.
+        Only anchors whose highest S passes the threshold can give a candidate, and they
+        outrank all others, so the top-k runs among them (the same anchors as a top-k over
+        all of them, as the authors do). Ties at the k-th place go to the lower anchor index.
+        Candidates come in image, level, anchor, class order.
+        """
+        n = cls_logits.shape[0]
+        best = detection_confidence(cls_logits.amax(dim=2).sigmoid(), iou_prob, alpha, per_anchor=False)
+        passing = best > self.score_thr  # (N, M)
+        start = 0
+        for count in num_anchors_per_level:
+            level = slice(start, start + count)
+            start += count
+            k = min(self.topk_per_level, count)
+            lvl_pass = passing[:, level]
+            if count == 0 or n == 0 or int(lvl_pass.sum(dim=1).max()) <= k:
+                continue  # every passing anchor of every image is within the top k
+            vals = best[:, level].masked_fill(~lvl_pass, -1.0)
+            kth = vals.topk(k, dim=1).values[:, -1:]  # (N, 1)
+            above, tied = vals > kth, vals == kth
+            room = k - above.sum(dim=1, keepdim=True)
+            passing[:, level] = lvl_pass & (above | (tied & (tied.cumsum(dim=1) <= room)))
+        img, anchor = passing.nonzero(as_tuple=True)  # image-major, then anchor: levels in order
+        scores = detection_confidence(cls_logits[img, anchor].sigmoid(),
+                                      iou_prob[img, anchor] if iou_prob is not None else None, alpha)
+        keep, label = (scores > self.score_thr).nonzero(as_tuple=True)
+        return img[keep], anchor[keep], label, scores[keep, label]
 
     def logit_bounds(self, iou_prob: Optional[Tensor], alpha: Optional[float], n: int, m: int,
                      device) -> Optional[Tensor]:

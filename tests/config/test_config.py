@@ -353,7 +353,10 @@ def test_repo_model_configs():
     iou_aware = load_config(CONFIGS / "iou_aware_retinanet_r50_fpn_1x_coco.yaml")
     assert retina.model.head.iou_branch is False
     assert iou_aware.model.head.iou_branch is True and iou_aware.model.test.alpha == 0.5
-    assert iou_aware.model == Config().model and iou_aware.input == Config().input  # paper = defaults
+    # paper = defaults, but for the authors' pre-NMS candidates (iadet's default stays "pairs")
+    assert iou_aware.model.test.candidates == "anchors"
+    iou_aware.model.test.candidates = "pairs"
+    assert iou_aware.model == Config().model and iou_aware.input == Config().input
     assert iou_aware.data.train.ann_file.endswith("instances_train2017.json")
 
 
