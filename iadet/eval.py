@@ -71,7 +71,7 @@ def print_metrics(metrics, title):
 def evaluate_file(args) -> dict:
     """``--ann`` + ``--results``: metrics of a results file."""
     from iadet.data.coco import load_coco_index
-    from iadet.evaluation.metrics import evaluate_coco
+    from iadet.evaluation.metrics import check_coco_results, evaluate_coco
 
     results_path = Path(args.results)
     if not results_path.is_file():
@@ -80,10 +80,10 @@ def evaluate_file(args) -> dict:
         results = json.loads(results_path.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"{results_path}: not valid JSON ({exc})") from None
-    if not isinstance(results, list):
-        raise ValueError(f"{results_path}: a COCO results file is a JSON list of "
-                         "{image_id, category_id, bbox, score} objects")
+    except UnicodeDecodeError:
+        raise ValueError(f"{results_path}: not a text (JSON) file") from None
     gt = load_coco_index(args.ann)
+    check_coco_results(results, gt, results_path)  # one line naming the entry and the key
     metrics = evaluate_coco(gt, results, backend=args.backend)
     print_metrics(metrics, f"{results_path} ({len(results)} detections) against {args.ann}, {args.backend}:")
     if args.json_out:

@@ -23,6 +23,18 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def end_progress_bars() -> None:
+    """Close the tqdm bars still open (training, evaluation): each ends its line, so what is
+    printed next (an error, a traceback) starts on a line of its own."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        try:
+            bar.close()
+        except Exception:  # a bar on a closed stream: nothing to end
+            pass
+
+
 def resolve_work_dir(args, cfg) -> Path:
     if args.work_dir:
         return Path(args.work_dir)
@@ -52,7 +64,11 @@ def main(argv=None):
                 raise FileNotFoundError(f"--resume checkpoint not found: {resume}")
         dist = init_distributed(args.device)
         trainer = Trainer(cfg, work_dir, dist=dist, resume=resume, argv=argv, progress=not args.no_progress)
-        trainer.train()
+        try:
+            trainer.train()
+        except BaseException:  # the bar's line has no newline yet: the message must not land on it
+            end_progress_bars()
+            raise
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         print(f"error: {error_message(exc)}", file=sys.stderr)  # one line, also from a loader worker
         sys.exit(2)

@@ -183,6 +183,8 @@ def main(argv=None):
     finally:
         table = format_table(bench.rows)
         print("\n" + table)
+        print(f"CPU: {info['cpu']} ({info['cpu_count']} cores, {info['threads']} threads)"
+              + (f"; GPU: {info['gpu']}" if "gpu" in info else ""))
         info["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
         payload = {"machine": info, "args": vars(args), "quick": args.quick,
                    "sizes": {"inference": bench.infer_size, "train_batch": bench.train_batch,

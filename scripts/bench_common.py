@@ -19,6 +19,7 @@ import torchvision
 from torch import nn
 
 import iadet
+from bench_machine import cpu_model  # noqa: F401  (re-exported: the CPU model of every figure)
 from iadet.convert import convert_torchvision_retinanet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,16 +74,6 @@ def make_row(row: str, what: str, iadet_values, reference_values, reference: str
 
 
 # ----------------------------------------------------------------------------- machine
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_info(device: torch.device) -> Dict:
     info = {"device": str(device), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
             "threads": torch.get_num_threads(), "torch": torch.__version__,

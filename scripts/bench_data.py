@@ -12,11 +12,12 @@ batches with the same collate; both run in this process, with 0 and 2 loader wor
   (images only, no boxes) in a plain DataLoader.
 
 Throughput is images per second after the first batch (worker start-up excluded).
-Usage: ``python scripts/bench_data.py [--data PATH] [--workers 0 2] [--batch-size 2] [--threads N]``.
+Usage: ``python scripts/bench_data.py [--data PATH] [--workers 0 2] [--batch-size 2] [--threads N] [--json-out F]``.
 Expect well under two minutes on two CPU cores.
 """
 import argparse
 import functools
+import json
 import sys
 import time
 import warnings
@@ -26,6 +27,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_machine import cpu_info, cpu_line  # noqa: E402
 from iadet.data.coco import CocoDetection  # noqa: E402
 from iadet.data.loading import build_dataloader, collate_detection  # noqa: E402
 from iadet.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_train_transforms  # noqa: E402
@@ -77,6 +80,7 @@ def main():
     parser.add_argument("--max-size", type=int, default=1333)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads of this process (workers always use 1); default: torch's")
+    parser.add_argument("--json-out", default=None, help="write the rows and the machine here")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -100,6 +104,13 @@ def main():
     print("| ---: | ---: | ---: | ---: |")
     for workers, ours, ref in rows:
         print(f"| {workers} | {ours:.1f} | {ref:.1f} | {ours / ref:.2f}x |")
+    print(cpu_line() + f"; {torch.get_num_threads()} torch threads")
+    if args.json_out:
+        machine = {**cpu_info(), "threads": torch.get_num_threads(), "torch": torch.__version__}
+        payload = {"machine": machine, "args": {k: str(v) for k, v in vars(args).items()},
+                   "rows": [{"workers": w, "iadet_img_s": o, "reference_img_s": r, "ratio": o / r} for w, o, r in rows]}
+        Path(args.json_out).write_text(json.dumps(payload, indent=2))
+        print(f"wrote {args.json_out}")
 
 
 if __name__ == "__main__":

@@ -21,13 +21,16 @@ import contextlib
 import copy
 import io
 import json
-import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-from iadet.evaluation.fast_coco import CocoBoxEvaluator, summarize
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_machine, also when imported by bench.py
+from bench_machine import cpu_info, cpu_line  # noqa: E402
+from iadet.evaluation.fast_coco import CocoBoxEvaluator, summarize  # noqa: E402
 
 KEYS = ("image_id", "category_id", "bbox", "score")
 
@@ -174,12 +177,13 @@ def main():
                       "max_abs_stat_diff": diff, "stats": stats[name].tolist()}
         print(f"| {name} | {rows[name]['median_s']:.3f} | {min(ts):.3f} | {max(ts):.3f} | "
               f"{rows[name]['ratio_to_iadet']:.2f}x | {rows[name]['reading_results_median_s']:.3f} | {diff:.2e} |")
+    print(cpu_line())
     print("\nstats (pycocotools):", np.round(stats["pycocotools"], 4).tolist())
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump({"images": args.images, "dets_per_image": args.dets, "repeats": args.repeats,
                        "num_detections": len(results), "num_gts": len(dataset["annotations"]),
-                       "iadet_index_s": index_s, "machine": platform.processor() or platform.machine(),
+                       "iadet_index_s": index_s, "machine": cpu_info(),
                        "backends": rows}, f, indent=2)
         print(f"wrote {args.json_out}")
 

@@ -7,12 +7,14 @@ ratio iadet / torchvision and whether the kept indices are identical.
     python scripts/bench_nms.py                      # CPU, about 10 s
     python scripts/bench_nms.py --device cuda        # when a GPU is available
     python scripts/bench_nms.py --threads 1          # steadier timings on a busy machine
+    python scripts/bench_nms.py --json-out nms.json  # also the rows and the machine as JSON
 
 For <= 1000 boxes on CPU, torchvision.ops.batched_nms offsets each class's coordinates,
 which can flip borderline IoUs; a mismatch there is also checked against per-class
 torchvision.ops.nms (what iadet computes) and reported as such.
 """
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -22,6 +24,8 @@ import torch
 import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_machine import cpu_info, cpu_line  # noqa: E402
 from iadet.ops.nms import batched_nms  # noqa: E402
 from tests.ops.test_nms import clustered_detections, per_class_torchvision_nms  # noqa: E402  (shared with the tests)
 
@@ -46,6 +50,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json-out", default=None, help="write the rows and the machine here")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -56,7 +61,9 @@ def main():
     print(f"device={device} threads={torch.get_num_threads()} classes={args.classes} "
           f"iou_threshold={args.iou_threshold} repeats={args.repeats} "
           f"torch={torch.__version__} torchvision={torchvision.__version__}")
+    print(cpu_line() + (f"; GPU: {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""))
     print(f"{'boxes':>6} {'kept':>6} {'iadet ms':>9} {'tv ms':>9} {'iadet/tv':>9}  identical")
+    rows = []
     for num_boxes in [int(size) for size in args.sizes.split(",")]:
         generator = torch.Generator().manual_seed(args.seed + num_boxes)
         boxes, scores, labels = (tensor.to(device) for tensor in
@@ -78,6 +85,15 @@ def main():
                           if torch.equal(kept_iadet, reference) else " (also differs per class)")
         print(f"{num_boxes:>6} {kept_iadet.numel():>6} {iadet_ms:>9.2f} {torchvision_ms:>9.2f} "
               f"{iadet_ms / torchvision_ms:>9.2f}  {identical}")
+        rows.append({"boxes": num_boxes, "kept": kept_iadet.numel(), "iadet_ms": iadet_ms,
+                     "torchvision_ms": torchvision_ms, "ratio": iadet_ms / torchvision_ms, "identical": identical})
+    if args.json_out:
+        machine = {**cpu_info(), "device": str(device), "threads": torch.get_num_threads(),
+                   "torch": torch.__version__, "torchvision": torchvision.__version__}
+        if device.type == "cuda":
+            machine["gpu"] = torch.cuda.get_device_name(device)
+        Path(args.json_out).write_text(json.dumps({"machine": machine, "args": vars(args), "rows": rows}, indent=2))
+        print(f"wrote {args.json_out}")
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ def test_infer_cli_writes_json_and_drawn_images(tmp_path, coco128_image_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "iadet.infer", "--config", str(CONFIGS / "iou_aware_retinanet_r50_fpn_1x_coco.yaml"),
            "--checkpoint", str(ckpt), "--input", str(images), "--out", str(out), "--score-thr", "0.2",
-           "--opts", *SMALL]
+           "--opts", *SMALL, "model.test.candidates=pairs"]  # as _small_model (iadet's default)
     done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     records = json.loads((out / "detections.json").read_text())

@@ -10,6 +10,9 @@ Back-ends: ``"fast"`` (:class:`iadet.evaluation.fast_coco.CocoBoxEvaluator`, vec
 same numbers) and ``"pycocotools"`` (the reference ``COCOeval``). ``coco_gt`` may be a
 ``pycocotools.coco.COCO`` or a ``CocoBoxEvaluator`` built from one -- pass the evaluator to
 reuse its ground-truth index across many result sets.
+
+``check_coco_results(results, coco_gt, source)`` validates a results list read from a file
+(``python -m iadet.eval --ann --results``) with one-line errors naming the entry and the key.
 """
 import contextlib
 import io
@@ -32,6 +35,56 @@ _RESULT_KEYS = ("image_id", "category_id", "bbox", "score")
 def _percent(value: float) -> float:
     """pycocotools' fraction -> percent with 2 decimals; -1 (undefined) stays -1.0."""
     return round(100 * float(value), 2) if value > -1 else -1.0
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _json_type(value) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null",
+             int: "an integer", float: "a number"}
+    return names.get(type(value), type(value).__name__)
+
+
+def check_coco_results(results, coco_gt, source="results") -> None:
+    """Raise ValueError, in one line naming ``source``, the entry index and the key, unless
+    ``results`` is a list of COCO result objects that ``coco_gt`` can score: integer
+    ``image_id`` of one of its images and ``category_id`` of one of its categories, ``bbox``
+    a list of 4 finite numbers ``[x, y, w, h]`` with ``w, h >= 0``, ``score`` a finite number.
+
+    ``coco_gt``: a ``pycocotools.coco.COCO`` or a :class:`CocoBoxEvaluator`."""
+    gt = coco_gt.coco_gt if isinstance(coco_gt, CocoBoxEvaluator) else coco_gt
+    fix = "Fix the results file: a COCO results file is a JSON list of {image_id, category_id, bbox, score} objects."
+    if not isinstance(results, list):
+        raise ValueError(f"{source}: the top level is {_json_type(results)}, not a list. {fix}")
+    image_ids, category_ids = set(gt.getImgIds()), set(gt.getCatIds())
+    for index, entry in enumerate(results):
+        where = f"{source}: entry {index}"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where} is {_json_type(entry)} ({entry!r:.40}), not an object. {fix}")
+        missing = [k for k in _RESULT_KEYS if k not in entry]
+        if missing:
+            raise ValueError(f"{where} has no '{missing[0]}' (keys: {sorted(entry)[:6]}). {fix}")
+        for key, known, what in (("image_id", image_ids, "an image"), ("category_id", category_ids, "a category")):
+            value = entry[key]
+            if not (isinstance(value, int) and not isinstance(value, bool)):
+                raise ValueError(f"{where} has {key} {value!r:.40} ({_json_type(value)}); COCO ids are integers.")
+            if value not in known:
+                hint = (" Results need the annotation file's category ids (e.g. 1..90 for COCO), not contiguous "
+                        "labels." if key == "category_id" else "")
+                raise ValueError(f"{where} has {key} {value}, which is not {what} of the ground truth "
+                                 f"({len(known)} {key.split('_')[0]} ids from {min(known, default='-')} to "
+                                 f"{max(known, default='-')}).{hint}")
+        box = entry["bbox"]
+        if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) and np.isfinite(v) for v in box)):
+            raise ValueError(f"{where} has bbox {box!r:.60}; it must be 4 finite numbers [x, y, w, h].")
+        if box[2] < 0 or box[3] < 0:
+            raise ValueError(f"{where} has bbox {box!r:.60} with a negative width or height; COCO boxes are "
+                             "[x, y, w, h], not [x1, y1, x2, y2].")
+        score = entry["score"]
+        if not (_is_number(score) and np.isfinite(score)):
+            raise ValueError(f"{where} has score {score!r:.40}; it must be a finite number.")
 
 
 def _run_pycocotools(coco_gt, results: Sequence[dict]):
