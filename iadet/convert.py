@@ -95,11 +95,9 @@ def read_state_dict(path: Union[str, os.PathLike]) -> StateDict:
         )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle, zip and torch errors all mean "not a checkpoint"
-        raise ValueError(
-            f"cannot read checkpoint {str(path)!r} with torch.load(weights_only=True): "
-            f"{error}. Is it a PyTorch state dict file, and not truncated?"
-        ) from error
+    except Exception as error:  # pickle, zip and torch errors: one line saying which (iadet.checkpoint)
+        from iadet.checkpoint import checkpoint_error_message
+        raise ValueError(checkpoint_error_message(path, error)) from None
     return unwrap_state_dict(obj, repr(str(path)))
 
 
