@@ -157,6 +157,7 @@ def run_one(run: StudyRun, work: Path, results: Path, opts: List[str], pretraine
     if run.arm.regime == "paper":
         run_opts.append(f"model.backbone.init={pretrained['path']}")
     log = work / "commands.txt"
+    resumed = (folder / "latest.pth").is_file()  # continued after an interruption: its times are partial
     t0 = time.time()
     _run("iadet.train", ["--config", REPO / run.arm.config, "--work-dir", folder, "--resume", "auto", "--no-progress",
                          "--device", "cpu", "--opts", *run_opts], log)
@@ -173,7 +174,7 @@ def run_one(run: StudyRun, work: Path, results: Path, opts: List[str], pretraine
     summary = {
         "run": run.name, "arm": run.arm.name, "seed": run.seed, "regime": run.arm.regime, "role": run.arm.role,
         "config": run.arm.config, "opts": run_opts, "git_commit": git_commit(), "cpu": cpu_model(),
-        "train_seconds": round(t1 - t0, 1), "eval_seconds": round(t2 - t1, 1),
+        "train_seconds": round(t1 - t0, 1), "eval_seconds": round(t2 - t1, 1), "resumed": resumed,
         "time_per_iter": last.get("time_per_iter"), "iterations": last.get("iteration"),
         "final_losses": {k: v for k, v in last.items() if k.startswith("loss")},
         "pretrained_sha256": pretrained.get("sha256") if run.arm.regime == "paper" else None,

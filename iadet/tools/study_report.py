@@ -209,11 +209,16 @@ def write_study_report(results: Path, out: Path, command: str = "", dry_run: boo
               f"- validation images: {_num_val(all_runs)}",
               f"- pretrained backbones used: {', '.join(sorted({s['pretrained_sha256'][:12] for s in all_runs if s.get('pretrained_sha256')})) or '–'} "
               "(runs of one seed pair only when they share it)", ""]
-    per_arm = [[TITLES.get(a, a), len(seeds), ", ".join(map(str, sorted(seeds))),
-                statistics.fmean(s["train_seconds"] for s in seeds.values()) / 60,
-                statistics.fmean(s["eval_seconds"] for s in seeds.values()) / 60] for a, seeds in arms.items()]
+    per_arm = []
+    for a, seeds in arms.items():
+        whole = [s for s in seeds.values() if not s.get("resumed")]  # a resumed run's times are partial
+        per_arm.append([TITLES.get(a, a), len(seeds), ", ".join(map(str, sorted(seeds))), len(whole),
+                        statistics.fmean(s["train_seconds"] for s in whole) / 60 if whole else None,
+                        statistics.fmean(s["eval_seconds"] for s in whole) / 60 if whole else None])
     lines += ["## Runs and measured time per arm", "",
-              *_table(["arm", "seeds done", "seeds", "train min / run", "eval min / run"], per_arm)]
+              "Time per run is the mean over runs that were not interrupted and resumed; the first seed of "
+              "each arm also evaluates after every epoch (its learning curve).", "",
+              *_table(["arm", "seeds done", "seeds", "timed runs", "train min / run", "eval min / run"], per_arm)]
     lines += ["## Verdicts", "", "Paired differences, mean over seeds with a 95 % Student-t interval "
               "(paired t, n − 1 degrees of freedom). A claim is *reproduced* when the whole interval lies on its "
               "side of the margin, *not reproduced* when it lies on the other side, *inconclusive* otherwise.", "",
