@@ -168,3 +168,15 @@ def test_runs_from_different_pretrained_backbones_do_not_pair():
     assert paired(arms, "a", "b", lambda s: s["metrics"]["AP"], lambda s: s["metrics"]["AP"]).values == [1.0, 2.0]
     arms["b"][1]["pretrained_sha256"] = "0" * 64  # seed 1 of arm b: made on another machine type
     assert paired(arms, "a", "b", lambda s: s["metrics"]["AP"], lambda s: s["metrics"]["AP"]).values == [1.0]
+
+
+def test_a_summary_made_with_another_config_is_stale(tmp_path):
+    from iadet.tools.study_mini import config_fingerprint, summary_is_current
+    run = plan([0], [0])[1]
+    current = config_fingerprint(run, [])
+    assert current == config_fingerprint(run, []) != config_fingerprint(run, ["train.max_iters=601"])
+    assert config_fingerprint(run, ["model.backbone.init=/elsewhere.pth"]) == current  # paths do not count
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"config_sha256": current}))
+    assert summary_is_current(path, current) and not summary_is_current(path, "0" * 64)
+    assert not summary_is_current(tmp_path / "absent.json", current)

@@ -23,6 +23,7 @@ import argparse
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -148,6 +149,26 @@ def git_commit() -> Optional[str]:
         return None
 
 
+def config_fingerprint(run: StudyRun, opts: List[str]) -> str:
+    """sha256 of the run's resolved config (file + overrides), without the paths that differ
+    between machines: a summary made with another config (a changed schedule, say) is stale."""
+    import hashlib
+
+    from iadet.config import config_to_dict, load_config
+    cfg = config_to_dict(load_config(REPO / run.arm.config, [f"train.seed={run.seed}"] + opts))
+    cfg["model"]["backbone"].pop("init", None)
+    cfg["data"]["synthetic"].pop("cache_dir", None)
+    cfg["train"].pop("eval_interval", None)
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()
+
+
+def summary_is_current(path: Path, fingerprint: str) -> bool:
+    try:
+        return json.loads(path.read_text()).get("config_sha256") == fingerprint
+    except (OSError, ValueError):
+        return False
+
+
 def run_one(run: StudyRun, work: Path, results: Path, opts: List[str], pretrained: Dict) -> Dict:
     """Train and evaluate one run (resuming what exists); write and return its summary."""
     from iadet.tools.pretrain_shapes import cpu_model
@@ -173,7 +194,8 @@ def run_one(run: StudyRun, work: Path, results: Path, opts: List[str], pretraine
     last = _last_train_record(folder / "metrics.jsonl")
     summary = {
         "run": run.name, "arm": run.arm.name, "seed": run.seed, "regime": run.arm.regime, "role": run.arm.role,
-        "config": run.arm.config, "opts": run_opts, "git_commit": git_commit(), "cpu": cpu_model(),
+        "config": run.arm.config, "opts": run_opts, "config_sha256": config_fingerprint(run, opts),
+        "git_commit": git_commit(), "cpu": cpu_model(),
         "train_seconds": round(t1 - t0, 1), "eval_seconds": round(t2 - t1, 1), "resumed": resumed,
         "time_per_iter": last.get("time_per_iter"), "iterations": last.get("iteration"),
         "final_losses": {k: v for k, v in last.items() if k.startswith("loss")},
@@ -233,9 +255,13 @@ def main(argv=None) -> int:
     atomic_write_text(json.dumps(record, indent=1), results / "pretrained.json")
     command = "python -m iadet.tools.reproduce mini " + " ".join(shlex.quote(a) for a in (argv or sys.argv[2:]))
     for i, run in enumerate(runs):
-        if (results / "runs" / f"{run.name}.json").is_file():
+        summary = results / "runs" / f"{run.name}.json"
+        if summary_is_current(summary, config_fingerprint(run, opts)):
             print(f"[{i + 1}/{len(runs)}] {run.name}: summary exists, not redone")
             continue
+        if summary.is_file():
+            print(f"[{i + 1}/{len(runs)}] {run.name}: its summary was made with another config: redone")
+            shutil.rmtree(work / run.name, ignore_errors=True)  # never resume a checkpoint of the old config
         print(f"[{i + 1}/{len(runs)}] {run.name}", flush=True)
         run_one(run, work, results, opts, pretrained)
         write_study_report(results, report, command=command, dry_run=args.dry_run)
