@@ -169,12 +169,14 @@ def summary_is_current(path: Path, fingerprint: str) -> bool:
         return False
 
 
-def run_one(run: StudyRun, work: Path, results: Path, opts: List[str], pretrained: Dict) -> Dict:
+def run_one(run: StudyRun, work: Path, results: Path, opts: List[str], pretrained: Dict,
+            eval_interval: Optional[int] = None, subfolder: str = "runs") -> Dict:
     """Train and evaluate one run (resuming what exists); write and return its summary."""
     from iadet.tools.pretrain_shapes import cpu_model
 
     folder = work / run.name
-    run_opts = [f"train.seed={run.seed}", f"train.eval_interval={1 if run.curve else 0}"] + opts
+    eval_interval = (1 if run.curve else 0) if eval_interval is None else eval_interval
+    run_opts = [f"train.seed={run.seed}", f"train.eval_interval={eval_interval}"] + opts
     if run.arm.regime == "paper":
         run_opts.append(f"model.backbone.init={pretrained['path']}")
     log = work / "commands.txt"
@@ -206,8 +208,15 @@ def run_one(run: StudyRun, work: Path, results: Path, opts: List[str], pretraine
         "confidence_vs_iou_eval": (metrics.get("analysis") or {}).get("confidence_vs_iou_eval"),
         "learning_curve": learning_curve(folder / "metrics.jsonl"),
     }
-    atomic_write_text(json.dumps(summary, indent=1), results / "runs" / f"{run.name}.json")
+    (results / subfolder).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(json.dumps(summary, indent=1), results / subfolder / f"{run.name}.json")
     return summary
+
+
+def pilot_opts(iters: int) -> List[str]:
+    """A longer schedule of the paper regime (steps at 80 % and 93 %), evaluated every 2
+    epochs: the measurement the study's schedule is chosen by."""
+    return [f"train.max_iters={iters}", f"train.lr_steps=[{round(0.8 * iters)},{round(0.93 * iters)}]"]
 
 
 def parse_args(argv=None):
@@ -221,6 +230,9 @@ def parse_args(argv=None):
     p.add_argument("--report", default=None, help="the report (default docs/results_mini.md)")
     p.add_argument("--pretrained", default="data/pretrained/resnet18_shapes.pth", help="the pretrained start")
     p.add_argument("--dry-run", action="store_true", help="2 iterations at 96 px on a tiny set: tests the pipeline")
+    p.add_argument("--pilot", type=int, default=None, metavar="ITERS",
+                   help="instead of the study: train the first arm for ITERS iterations, evaluated every 2 epochs "
+                        "(the learning curve that chooses the schedule; results-dir/pilot/)")
     return p.parse_args(argv)
 
 
@@ -254,6 +266,14 @@ def main(argv=None) -> int:
     pretrained = {"path": str(pretrained_path), "sha256": record["sha256"]}
     atomic_write_text(json.dumps(record, indent=1), results / "pretrained.json")
     command = "python -m iadet.tools.reproduce mini " + " ".join(shlex.quote(a) for a in (argv or sys.argv[2:]))
+    if args.pilot:
+        run = StudyRun(arms[0], parse_seeds(args.seeds)[0], curve=True)
+        run = StudyRun(Arm(f"pilot{args.pilot}_{run.arm.name}", run.arm.config, run.arm.title, run.arm.regime, "pilot"),
+                       run.seed, curve=True)
+        run_one(run, work, results, opts + pilot_opts(args.pilot), pretrained, eval_interval=2, subfolder="pilot")
+        path = write_study_report(results, report, command=command, dry_run=args.dry_run)
+        print(f"\nreport written to {path}")
+        return 0
     for i, run in enumerate(runs):
         summary = results / "runs" / f"{run.name}.json"
         if summary_is_current(summary, config_fingerprint(run, opts)):

@@ -246,6 +246,15 @@ def write_study_report(results: Path, out: Path, command: str = "", dry_run: boo
         if rows:
             lines += [f"## α sweep and IoU_truth upper bound: {TITLES[arm]} (mean over seeds)", "",
                       *_table(["IoU", "α", *COLUMNS], rows)]
+    pilots = [json.loads(p.read_text()) for p in sorted((results / "pilot").glob("*.json"))]
+    if pilots:
+        lines += ["## Schedule pilots", "", "A longer schedule of one arm (lr ×0.1 at 80 % and 93 % of it), evaluated "
+                  "every 2 epochs on the validation images: where AP stops rising tells the study's schedule.", "",
+                  *_table(["pilot", "iterations", "seed", "AP at each evaluation (iteration: AP)", "final AP", "train min"],
+                          [[p["arm"], p["iterations"], p["seed"],
+                            ", ".join(f"{q['iteration']}: {q['AP']:.1f}" for q in p["learning_curve"]),
+                            p["metrics"].get("AP"), p["train_seconds"] / 60] for p in pilots])]
+        arms = {**arms, **{p["arm"]: {p["seed"]: p} for p in pilots}}
     plot = _learning_curve_plot(arms, out.parent / "images" / f"{out.stem}_learning_curves.png")
     if plot:
         lines += ["## Learning curves", "", "AP on the validation images after every epoch, first seed of each arm:", "",
