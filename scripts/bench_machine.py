@@ -5,20 +5,9 @@ No torch import here: scripts/bench_eval.py stays torch-free. Imported by the be
 """
 import os
 import platform
-from pathlib import Path
 from typing import Dict
 
-
-def cpu_model() -> str:
-    """The ``model name`` line of /proc/cpuinfo (e.g. "Intel(R) Xeon(R) Platinum 8488C"), or
-    what ``platform`` knows when there is none."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+from iadet.machine import cpu_model  # noqa: F401  (re-exported)
 
 
 def cpu_line() -> str:

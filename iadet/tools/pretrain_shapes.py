@@ -21,7 +21,6 @@ import argparse
 import hashlib
 import json
 import math
-import platform
 import time
 from pathlib import Path
 from typing import Optional
@@ -34,23 +33,13 @@ from tqdm import tqdm
 from iadet.data.shapes import CLASSES
 from iadet.data.synthetic import render_image
 from iadet.io import atomic_torch_save, atomic_write_text
+from iadet.machine import cpu_model
 
 DEFAULT_OUT = Path("data/pretrained/resnet18_shapes.pth")
 SETTINGS = {"arch": "resnet18", "crop_size": 32, "min_object_fraction": 0.5, "num_train": 12000, "num_val": 1000,
             "difficulty": 0.0, "epochs": 6, "batch_size": 64, "lr": 2e-3, "weight_decay": 0.05, "seed": 0,
             "mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375]}
 CROP_STREAM = 7_461  # the seed stream of the crops: (seed, CROP_STREAM, split, index)
-
-
-def cpu_model() -> str:
-    """The CPU's "model name" from /proc/cpuinfo (the platform's processor string elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def make_crops(num: int, split: int, s: dict, progress: bool = True):

@@ -172,7 +172,7 @@ def summary_is_current(path: Path, fingerprint: str) -> bool:
 def run_one(run: StudyRun, work: Path, results: Path, opts: List[str], pretrained: Dict,
             eval_interval: Optional[int] = None, subfolder: str = "runs") -> Dict:
     """Train and evaluate one run (resuming what exists); write and return its summary."""
-    from iadet.tools.pretrain_shapes import cpu_model
+    from iadet.machine import cpu_model
 
     folder = work / run.name
     eval_interval = (1 if run.curve else 0) if eval_interval is None else eval_interval
