@@ -27,11 +27,11 @@ def test_the_script_is_valid_bash():
 
 @pytest.mark.parametrize("hidden", ["", "-1"])
 def test_hidden_gpus_exit_2_at_once_with_a_clear_message(tmp_path, hidden):
-    done, seconds = run({"CUDA_VISIBLE_DEVICES": hidden}, tmp_path)
+    done, _ = run({"CUDA_VISIBLE_DEVICES": hidden}, tmp_path)
     assert done.returncode == 2, done.stderr
     assert "CUDA is not available" in done.stderr and "nothing was run" in done.stderr
     assert "CUDA_VISIBLE_DEVICES" in done.stderr
-    assert seconds < 5 and done.stdout == ""
+    assert done.stdout == ""  # it stopped before any step (no step prints anything first)
     assert list(tmp_path.iterdir()) == []  # no report, no logs
 
 
