@@ -176,7 +176,9 @@ def test_a_summary_made_with_another_config_is_stale(tmp_path):
     current = config_fingerprint(run, [])
     assert current == config_fingerprint(run, []) != config_fingerprint(run, ["train.max_iters=601"])
     assert config_fingerprint(run, ["model.backbone.init=/elsewhere.pth"]) == current  # paths do not count
+    assert config_fingerprint(run, ["train.final_eval=false"]) == current  # evaluation only, not training
     path = tmp_path / "s.json"
-    path.write_text(json.dumps({"config_sha256": current}))
-    assert summary_is_current(path, current) and not summary_is_current(path, "0" * 64)
-    assert not summary_is_current(tmp_path / "absent.json", current)
+    path.write_text(json.dumps({"config_sha256": current, "pretrained_sha256": "a" * 64}))
+    assert summary_is_current(path, current, "a" * 64) and not summary_is_current(path, "0" * 64, "a" * 64)
+    assert not summary_is_current(path, current, "b" * 64)  # another pretrained start (another CPU): redone
+    assert not summary_is_current(tmp_path / "absent.json", current, "a" * 64)

@@ -338,6 +338,7 @@ class TrainConfig:
     sync_bn: bool = False  # convert trainable BatchNorm to SyncBatchNorm under DDP
     seed: int = 0
     eval_interval: int = 1  # evaluate every N epochs (0: only at the end)
+    final_eval: bool = True  # evaluate after the last iteration (false: a separate `iadet.eval` follows)
     eval_backend: Literal["fast", "pycocotools"] = "fast"  # COCO evaluator (equal numbers; iadet's is faster)
     checkpoint_interval: int = 0  # also checkpoint every N iterations (0: per epoch only)
     nonfinite: Literal["stop", "skip"] = "stop"  # a non-finite loss stops the run, or skips its batch (counted)

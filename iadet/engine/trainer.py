@@ -209,7 +209,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ loops
     def train(self) -> Optional[Dict[str, float]]:
-        """Train to ``max_iters``, save ``latest.pth``, evaluate; returns the final metrics."""
+        """Train to ``max_iters``, save ``latest.pth``, evaluate (unless ``train.final_eval`` is
+        false); returns the final metrics (None without the final evaluation)."""
         self.model.train()
         bar = tqdm(total=self.max_iters, initial=self.iteration, desc="train", unit="it",
                    disable=not self.progress, dynamic_ncols=True)
@@ -222,7 +223,7 @@ class Trainer:
                 signal.signal(sig, handler)
         bar.close()
         self.save("latest.pth", consumed)
-        metrics = self.evaluate(final=True)
+        metrics = self.evaluate(final=True) if self.cfg.train.final_eval else None
         self.logger.close()
         return metrics
 

@@ -159,14 +159,19 @@ def config_fingerprint(run: StudyRun, opts: List[str]) -> str:
     cfg["model"]["backbone"].pop("init", None)
     cfg["data"]["synthetic"].pop("cache_dir", None)
     cfg["train"].pop("eval_interval", None)
+    cfg["train"].pop("final_eval", None)
     return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()
 
 
-def summary_is_current(path: Path, fingerprint: str) -> bool:
+def summary_is_current(path: Path, fingerprint: str, pretrained_sha256: Optional[str]) -> bool:
+    """The summary was made with this config and, in the paper regime, this pretrained start
+    (``pretrained_sha256``; None for the scratch regime). A pretraining made on another CPU
+    differs in its last bits: its runs would not pair with this machine's, so they are redone."""
     try:
-        return json.loads(path.read_text()).get("config_sha256") == fingerprint
+        summary = json.loads(path.read_text())
     except (OSError, ValueError):
         return False
+    return summary.get("config_sha256") == fingerprint and summary.get("pretrained_sha256") == pretrained_sha256
 
 
 def run_one(run: StudyRun, work: Path, results: Path, opts: List[str], pretrained: Dict,
@@ -176,7 +181,8 @@ def run_one(run: StudyRun, work: Path, results: Path, opts: List[str], pretraine
 
     folder = work / run.name
     eval_interval = (1 if run.curve else 0) if eval_interval is None else eval_interval
-    run_opts = [f"train.seed={run.seed}", f"train.eval_interval={eval_interval}"] + opts
+    # The final evaluation is iadet.eval's below (with the α sweep), not the trainer's.
+    run_opts = [f"train.seed={run.seed}", f"train.eval_interval={eval_interval}", "train.final_eval=false"] + opts
     if run.arm.regime == "paper":
         run_opts.append(f"model.backbone.init={pretrained['path']}")
     log = work / "commands.txt"
@@ -206,7 +212,8 @@ def run_one(run: StudyRun, work: Path, results: Path, opts: List[str], pretraine
         "alpha_sweep": metrics.get("alpha_sweep", []),
         "calibration": (metrics.get("analysis") or {}).get("calibration"),
         "confidence_vs_iou_eval": (metrics.get("analysis") or {}).get("confidence_vs_iou_eval"),
-        "learning_curve": learning_curve(folder / "metrics.jsonl"),
+        "learning_curve": learning_curve(folder / "metrics.jsonl")
+        + [{"iteration": last.get("iteration"), **{k: metrics.get(k) for k in ("AP", "AP50", "AP75", "AP90")}}],
     }
     (results / subfolder).mkdir(parents=True, exist_ok=True)
     atomic_write_text(json.dumps(summary, indent=1), results / subfolder / f"{run.name}.json")
@@ -276,11 +283,12 @@ def main(argv=None) -> int:
         return 0
     for i, run in enumerate(runs):
         summary = results / "runs" / f"{run.name}.json"
-        if summary_is_current(summary, config_fingerprint(run, opts)):
+        sha = pretrained["sha256"] if run.arm.regime == "paper" else None
+        if summary_is_current(summary, config_fingerprint(run, opts), sha):
             print(f"[{i + 1}/{len(runs)}] {run.name}: summary exists, not redone")
             continue
         if summary.is_file():
-            print(f"[{i + 1}/{len(runs)}] {run.name}: its summary was made with another config: redone")
+            print(f"[{i + 1}/{len(runs)}] {run.name}: its summary was made with another config or pretrained start: redone")
             shutil.rmtree(work / run.name, ignore_errors=True)  # never resume a checkpoint of the old config
         print(f"[{i + 1}/{len(runs)}] {run.name}", flush=True)
         run_one(run, work, results, opts, pretrained)

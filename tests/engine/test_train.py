@@ -128,3 +128,12 @@ def test_nonfinite_loss_stops_with_the_culprit_named_or_is_skipped(tmp_path):
     assert "skipped batch" in skipped.stderr
     state = load_checkpoint_file(tmp_path / "skip" / "latest.pth")
     assert state["iteration"] == 4 and state["skipped_batches"] >= 1
+
+
+def test_final_eval_false_leaves_the_evaluation_to_iadet_eval(tmp_path):
+    work = tmp_path / "no_final_eval"
+    done = run_train(work, tiny_opts(tmp_path / "cache") + ["train.max_iters=3", "train.eval_interval=0",
+                                                          "train.final_eval=false"])
+    assert (work / "latest.pth").is_file() and not (work / "metrics.json").exists()
+    lines = [json.loads(l) for l in (work / "metrics.jsonl").read_text().splitlines()]
+    assert not [l for l in lines if l["mode"] == "val"] and "evaluation at iteration" not in done.stdout
