@@ -225,7 +225,7 @@ def build_optimizer(cfg, model, total_batch_size: int):
 
 def build_schedule(cfg, total_batch_size: int, step_iterations):
     """Warm-up + step decay at ``step_iterations`` (already converted from epochs)."""
-    from iadet.engine.schedule import WarmupStepSchedule
+    from iadet.lr_schedule import WarmupStepSchedule
 
     t = cfg.train
     return WarmupStepSchedule(scaled_lr(cfg, total_batch_size), steps=step_iterations, gamma=t.lr_gamma,

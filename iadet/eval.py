@@ -99,7 +99,7 @@ def evaluate_model(args) -> dict:
     from iadet.builder import build_dataset, inference_amp_dtype, prepare_for_inference
     from iadet.checkpoint import load_detector_weights
     from iadet.data.voc import VOCDetection
-    from iadet.engine.distributed import init_distributed
+    from iadet.distributed import init_distributed
     from iadet.evaluation.analysis import confidence_analysis, format_sweep, sweep_table, write_sweep
     from iadet.evaluation.metrics import evaluate_coco
     from iadet.evaluation.predict import alpha_name, coco_ground_truth, parse_alphas, predict_alphas
@@ -175,7 +175,7 @@ def evaluate_model(args) -> dict:
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from iadet.data.loading import error_message
-    from iadet.engine.distributed import cleanup
+    from iadet.distributed import cleanup
     try:
         return evaluate_file(args) if args.ann else evaluate_model(args)
     except (ConfigError, FileNotFoundError, ValueError) as exc:

@@ -48,7 +48,7 @@ def main(argv=None):
     args = parse_args(argv)
     from iadet.data.loading import error_message
     from iadet.engine.checkpointing import find_resume_checkpoint
-    from iadet.engine.distributed import cleanup, init_distributed
+    from iadet.distributed import cleanup, init_distributed
     from iadet.engine.trainer import NonFiniteLossError, Trainer, TrainingInterrupted
 
     try:

@@ -17,7 +17,7 @@ from iadet.builder import build_criterion, build_dataset, build_detector, build_
 from iadet.config import ConfigError, config_to_dict
 from iadet.data.loading import build_dataloader
 from iadet.engine.checkpointing import rng_state, save_checkpoint, set_rng_state
-from iadet.engine.distributed import DistInfo, all_gather_objects, barrier, broadcast_object
+from iadet.distributed import DistInfo, all_gather_objects, barrier, broadcast_object
 from iadet.engine.run_dir import RunLogger
 from iadet.evaluation.metrics import evaluate_coco, format_metrics
 from iadet.evaluation.predict import coco_ground_truth, predict_dataset

@@ -22,7 +22,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from iadet.data.loading import build_dataloader
-from iadet.engine.distributed import all_gather_objects
+from iadet.distributed import all_gather_objects
 from iadet.ops.boxes import box_iou, clip_boxes
 
 Alpha = Optional[Union[float, str]]  # a number in [0, 1], None (S = p * IoU) or "default"

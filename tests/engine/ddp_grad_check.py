@@ -11,7 +11,7 @@ from torch import nn
 
 import iadet
 from iadet.builder import build_criterion
-from iadet.engine.distributed import cleanup, init_distributed
+from iadet.distributed import cleanup, init_distributed
 
 OPTS = ["model.num_classes=3", "model.backbone.name=resnet18", "model.backbone.norm=gn",
         "model.backbone.gn_groups=16", "model.backbone.frozen_stages=-1", "model.neck.out_channels=32",

@@ -3,7 +3,7 @@ import pytest
 
 import iadet
 from iadet.builder import scaled_lr
-from iadet.engine.schedule import WarmupStepSchedule
+from iadet.lr_schedule import WarmupStepSchedule
 
 
 def test_warmup_then_steps_by_hand():
