@@ -38,8 +38,10 @@ VOC_ROOT ?= data/VOCdevkit
 BACKBONES ?= r50
 REPRODUCE_ARGS = --backbones "$(BACKBONES)" $(if $(GPUS),--gpus $(GPUS)) $(if $(DRY_RUN),--dry-run) $(if $(ABLATIONS),--ablations)
 
+## METHODS=all (or a list: qfl,vfl,centerness,atss,aligned,aligned_grad,soft_nms,iou_guided_nms): the
+## quality family of configs/family/ too (R50)
 reproduce-coco: ensure-installed
-	$(PYTHON) -m iadet.tools.reproduce coco --root $(COCO_ROOT) $(REPRODUCE_ARGS)
+	$(PYTHON) -m iadet.tools.reproduce coco --root $(COCO_ROOT) $(REPRODUCE_ARGS) $(if $(METHODS),--methods "$(METHODS)")
 
 reproduce-voc: ensure-installed
 	$(PYTHON) -m iadet.tools.reproduce voc --root $(VOC_ROOT) $(REPRODUCE_ARGS)

@@ -50,7 +50,8 @@ def build_box_coder(cfg) -> DeltaBoxCoder:
 def build_postprocessor(cfg, box_coder: DeltaBoxCoder) -> PostProcessor:
     t = cfg.model.test
     return PostProcessor(box_coder, alpha=t.alpha, score_thr=t.score_thr, topk_per_level=t.topk_per_level,
-                         nms_iou=t.nms_iou, max_det=t.max_det, order=t.order, candidates=t.candidates)
+                         nms_iou=t.nms_iou, max_det=t.max_det, order=t.order, candidates=t.candidates,
+                         nms=t.nms, soft_nms_sigma=t.soft_nms_sigma, soft_nms_min_score=t.soft_nms_min_score)
 
 
 def build_preprocessor(cfg) -> ImagePreprocessor:
@@ -71,7 +72,8 @@ def build_detector(cfg, class_names: Optional[Sequence[str]] = None) -> IoUAware
         num_anchors=anchor_generator.num_anchors_per_location, feat_channels=m.head.feat_channels,
         stacked_convs=m.head.stacked_convs, norm=m.head.norm, gn_groups=m.head.gn_groups,
         iou_branch=m.head.iou_branch, prior_prob=m.head.prior_prob,
-        iou_detach_feature=m.head.iou_detach_feature)
+        iou_detach_feature=m.head.iou_detach_feature, iou_shared_convs=m.head.iou_shared_convs,
+        iou_align=m.head.iou_align, iou_align_groups=m.head.iou_align_groups)
     box_coder = build_box_coder(cfg)
     return IoUAwareRetinaNet(backbone=backbone, neck=neck, head=head, anchor_generator=anchor_generator,
                              box_coder=box_coder, postprocessor=build_postprocessor(cfg, box_coder),
@@ -193,16 +195,21 @@ def build_dataset(cfg, split: str = "train", train_transforms: Optional[bool] = 
 def build_criterion(cfg):
     """``cfg.model.assigner`` and ``cfg.model.loss`` -> the training losses (Eq. 1-6)."""
     from iadet.models.assigner import MaxIoUAssigner
+    from iadet.models.atss_assigner import ATSSAssigner
     from iadet.models.criterion import RetinaNetCriterion
 
     a, l = cfg.model.assigner, cfg.model.loss
-    assigner = MaxIoUAssigner(pos_iou_thr=a.pos_iou_thr, neg_iou_thr=a.neg_iou_thr, min_pos_iou=a.min_pos_iou,
-                              low_quality=a.low_quality, ignore_iof_thr=a.ignore_iof_thr)
+    if a.type == "atss":
+        assigner = ATSSAssigner(topk=a.atss_topk, ignore_iof_thr=a.ignore_iof_thr)
+    else:
+        assigner = MaxIoUAssigner(pos_iou_thr=a.pos_iou_thr, neg_iou_thr=a.neg_iou_thr, min_pos_iou=a.min_pos_iou,
+                                  low_quality=a.low_quality, ignore_iof_thr=a.ignore_iof_thr)
     return RetinaNetCriterion(assigner, build_box_coder(cfg), num_classes=cfg.model.num_classes,
                               focal_alpha=l.focal_alpha, focal_gamma=l.focal_gamma, reg_loss=l.reg_loss,
                               smooth_l1_beta=l.smooth_l1_beta, iou_loss=l.iou_loss,
                               iou_loss_weight=l.iou_loss_weight, iou_target_grad=l.iou_target_grad,
-                              normalize=l.normalize)
+                              normalize=l.normalize, cls_loss=l.cls_loss, qfl_beta=l.qfl_beta,
+                              vfl_alpha=l.vfl_alpha, vfl_gamma=l.vfl_gamma, quality_target=l.quality_target)
 
 
 def scaled_lr(cfg, total_batch_size: int) -> float:

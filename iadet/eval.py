@@ -115,7 +115,7 @@ def evaluate_model(args) -> dict:
         load_detector_weights(model, args.checkpoint)
     elif dist.is_main:
         print("warning: no --checkpoint: evaluating RANDOM weights", file=sys.stderr)
-    if "predicted" in sources and model.head.iou_pred is None and alphas != [cfg.model.test.alpha]:
+    if "predicted" in sources and not model.head.has_iou_branch and alphas != [cfg.model.test.alpha]:
         print("note: the model has no IoU branch: every α gives S = p", file=sys.stderr)
     model.to(dist.device)
     prepare_for_inference(model, cfg)  # model.test.fuse_bn / channels_last

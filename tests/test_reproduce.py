@@ -67,3 +67,53 @@ def test_dry_run_runs_the_whole_recipe(kind, tmp_path):
     report = (work / "report.md").read_text()
     assert "dry run" in report and ("Table 1" in report if kind == "coco" else "Table 5" in report)
     assert "Table 6" in report and "paper" in report
+
+
+def test_family_methods_are_planned_with_their_configs():
+    from iadet.tools.reproduce import FAMILY
+
+    runs = plan(parse_args(["coco", "--methods", "all"]))
+    family = [r for r in runs if r.variant == "family"]
+    assert [r.method for r in family] == list(FAMILY) and all(r.config.is_file() for r in family)
+    assert {r.evaluates for r in family} == {None, "iou_aware_r50"}  # Soft-NMS / IoU-guided: no retraining
+    assert not any(r.iou_aware for r in family if r.method in ("qfl", "vfl", "atss"))
+    only = plan(parse_args(["coco", "--methods", "soft_nms"]))
+    assert [r.name for r in only].count("iou_aware_r50") == 1
+    with pytest.raises(ValueError, match="--methods"):
+        plan(parse_args(["coco", "--methods", "gfl"]))
+    with pytest.raises(ValueError, match="COCO"):
+        plan(parse_args(["voc", "--methods", "qfl"]))
+
+
+def _dry_run(args, work):
+    env_threads = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        assert main(["coco", "--dry-run", "--gpus", "0", "--work-dir", str(work), *args]) == 0
+    finally:
+        if env_threads is None:
+            os.environ.pop("OMP_NUM_THREADS")
+        else:
+            os.environ["OMP_NUM_THREADS"] = env_threads
+
+
+def _check_family(work, methods):
+    for method in methods:
+        run = work / f"{method}_r50"
+        assert (run / "eval" / "metrics.json").is_file(), method
+    report = (work / "report.md").read_text()
+    assert "Beyond the paper" in report
+
+
+def test_dry_run_of_an_evaluation_variant_and_a_trained_family_model(tmp_path):
+    _dry_run(["--methods", "soft_nms,qfl"], tmp_path / "work")
+    _check_family(tmp_path / "work", ["soft_nms", "qfl"])
+    assert not (tmp_path / "work" / "soft_nms_r50" / "latest.pth").exists()  # evaluates iou_aware_r50's checkpoint
+
+
+@pytest.mark.slow
+def test_dry_run_of_every_family_method(tmp_path):
+    from iadet.tools.reproduce import FAMILY
+
+    _dry_run(["--methods", "all"], tmp_path / "work")
+    _check_family(tmp_path / "work", list(FAMILY))

@@ -111,10 +111,25 @@ class HeadConfig:
     # true: the IoU conv sees a detached regression-tower feature, so the IoU loss reaches no
     # shared layer (a control of the small-scale study, docs/results_mini.md; paper: false)
     iou_detach_feature: bool = False
+    # Regression-tower convs the IoU branch shares (the authors' shared_conv); null: all (the
+    # paper); k < stacked_convs: the branch has stacked_convs - k convs of its own.
+    iou_shared_convs: Optional[int] = None
+    # The aligned IoU branch (the paper's future work, the authors' dormant switch): a
+    # deformable 3x3 conv whose offsets come from the detached box deltas of each anchor.
+    iou_align: bool = False
+    iou_align_groups: int = 4  # its deformable offset groups (authors: 4)
 
     def __post_init__(self) -> None:
-        _check_positive(self, "feat_channels", "gn_groups")
+        _check_positive(self, "feat_channels", "gn_groups", "iou_align_groups")
         _check(self.stacked_convs >= 0, "stacked_convs", "must be >= 0", self.stacked_convs)
+        if self.iou_shared_convs is not None:
+            _check(0 <= self.iou_shared_convs <= self.stacked_convs, "iou_shared_convs",
+                   f"must be null or in [0, stacked_convs={self.stacked_convs}]", self.iou_shared_convs)
+        _check(self.iou_branch or not (self.iou_align or self.iou_shared_convs is not None), "iou_branch",
+               "must be true with iou_align or iou_shared_convs (they shape the IoU branch)", self.iou_branch)
+        if self.iou_align:
+            _check(self.feat_channels % self.iou_align_groups == 0, "iou_align_groups",
+                   f"must divide feat_channels={self.feat_channels}", self.iou_align_groups)
         _check(0.0 < self.prior_prob < 1.0, "prior_prob", "must be in (0, 1)", self.prior_prob)
         if self.norm == "gn":
             _check(self.feat_channels % self.gn_groups == 0, "gn_groups",
@@ -150,6 +165,14 @@ class TestConfig:
     # then every class of them is thresholded (the authors' `max_scores.topk(nms_pre)`; the
     # paper configs). Both orders select the same candidates in either mode.
     candidates: Literal["pairs", "anchors"] = "pairs"
+    # Suppression: hard (class-wise NMS on S, the paper), soft_linear / soft_gaussian
+    # (Soft-NMS, Bodla et al. 2017: S of later boxes decays by 1 - IoU where IoU >= nms_iou, or by
+    # exp(-IoU^2 / soft_nms_sigma); below soft_nms_min_score a box is dropped), iou_guided
+    # (IoU-Net: visit by predicted IoU, the kept box takes its cluster's highest S; needs the
+    # IoU branch; with alpha 1, S = p as in IoU-Net).
+    nms: Literal["hard", "soft_linear", "soft_gaussian", "iou_guided"] = "hard"
+    soft_nms_sigma: float = 0.5
+    soft_nms_min_score: float = 0.05  # MMDetection's Soft-NMS configs (mmcv's default: 0.001)
     # Inference speed-ups used by iadet.infer / iadet.eval (not by evaluation during training):
     fuse_bn: bool = False  # fold BatchNorm into the convs: same detections, ~10 % faster on CPU
     channels_last: bool = False  # NHWC weights: same detections, faster oneDNN/cuDNN convs
@@ -163,7 +186,9 @@ class TestConfig:
                    self.alpha)
         _check(0.0 <= self.score_thr <= 1.0, "score_thr", "must be in [0, 1]", self.score_thr)
         _check(0.0 <= self.nms_iou <= 1.0, "nms_iou", "must be in [0, 1]", self.nms_iou)
-        _check_positive(self, "topk_per_level", "max_det")
+        _check_positive(self, "topk_per_level", "max_det", "soft_nms_sigma")
+        _check(0.0 <= self.soft_nms_min_score <= 1.0, "soft_nms_min_score", "must be in [0, 1]",
+               self.soft_nms_min_score)
         _check(self.candidates in ("pairs", "anchors"), "candidates",
                "must be 'pairs' (top-k (anchor, class) pairs) or 'anchors' (top-k anchors, authors)",
                self.candidates)
@@ -171,8 +196,12 @@ class TestConfig:
 
 @dataclass
 class AssignerConfig:
-    """Max-IoU anchor assignment (SPEC section 2)."""
+    """Anchor assignment: max-IoU (SPEC section 2, the paper) or ATSS."""
 
+    # max_iou: the thresholds below; atss (Zhang et al. 2020): per ground truth the atss_topk
+    # anchors of each level nearest its centre, positive at IoU >= their mean + std, centre inside.
+    type: Literal["max_iou", "atss"] = "max_iou"
+    atss_topk: int = 9
     pos_iou_thr: float = 0.5
     neg_iou_thr: float = 0.4
     min_pos_iou: float = 0.0
@@ -184,6 +213,7 @@ class AssignerConfig:
     def __post_init__(self) -> None:
         _check(0.0 <= self.neg_iou_thr <= self.pos_iou_thr <= 1.0, "neg_iou_thr",
                "need 0 <= neg_iou_thr <= pos_iou_thr <= 1", (self.neg_iou_thr, self.pos_iou_thr))
+        _check_positive(self, "atss_topk")
         _check(0.0 <= self.ignore_iof_thr <= 1.0, "ignore_iof_thr",
                "must be in [0, 1] (0: crowd regions ignore no anchor)", self.ignore_iof_thr)
 
@@ -202,12 +232,24 @@ class LossConfig:
     # loss's gradient flows through the target IoU into the regression branch (Eq. 5).
     iou_target_grad: bool = False
     normalize: Literal["batch", "image"] = "batch"  # image: torchvision's per-image mean
+    # Classification loss: focal (Eq. 1), qfl (GFL's Quality Focal Loss) or vfl (VarifocalNet):
+    # the class output itself learns the detached IoU of the decoded box at the true class.
+    cls_loss: Literal["focal", "qfl", "vfl"] = "focal"
+    qfl_beta: float = 2.0
+    vfl_alpha: float = 0.75
+    vfl_gamma: float = 2.0
+    # What the quality branch (model.head.iou_branch) learns: iou (Eq. 4) or FCOS centerness.
+    quality_target: Literal["iou", "centerness"] = "iou"
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.focal_alpha <= 1.0, "focal_alpha", "must be in [0, 1]", self.focal_alpha)
         _check(self.focal_gamma >= 0 and self.smooth_l1_beta >= 0 and self.iou_loss_weight >= 0,
                "focal_gamma", "focal_gamma, smooth_l1_beta and iou_loss_weight must be >= 0",
                (self.focal_gamma, self.smooth_l1_beta, self.iou_loss_weight))
+        _check(self.qfl_beta >= 0 and self.vfl_gamma >= 0 and 0.0 <= self.vfl_alpha, "qfl_beta",
+               "qfl_beta, vfl_gamma and vfl_alpha must be >= 0", (self.qfl_beta, self.vfl_gamma, self.vfl_alpha))
+        _check(not (self.quality_target == "centerness" and self.iou_target_grad), "iou_target_grad",
+               "must be false with quality_target centerness (its target has no gradient path)", self.iou_target_grad)
 
 
 @dataclass
@@ -226,6 +268,8 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check_positive(self, "num_classes")
+        _check(self.test.nms != "iou_guided" or self.head.iou_branch, "test.nms",
+               "iou_guided visits boxes by their predicted IoU: set model.head.iou_branch true", self.test.nms)
 
 
 @dataclass

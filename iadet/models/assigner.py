@@ -108,13 +108,16 @@ class MaxIoUAssigner:
 
     @torch.no_grad()
     def assign(self, anchors: Tensor, gt_boxes: Sequence[Tensor],
-               ignore_boxes: Optional[Sequence[Tensor]] = None) -> AssignResult:
+               ignore_boxes: Optional[Sequence[Tensor]] = None,
+               num_anchors_per_level: Optional[Sequence[int]] = None) -> AssignResult:
         """Assign the (M, 4) xyxy anchors shared by all images.
 
         Args:
             anchors: (M, 4) xyxy pixels.
             gt_boxes: one (K_i, 4) xyxy tensor per image (K_i may be 0).
             ignore_boxes: ``None`` or one (G_i, 4) xyxy tensor per image (G_i may be 0).
+            num_anchors_per_level: not used (max-IoU assignment ignores the levels); the
+                argument of :class:`~iadet.models.atss_assigner.ATSSAssigner`, which needs it.
         Returns:
             :class:`AssignResult` with ``matched_idx`` (N, M) int64 and ``matched_iou`` (N, M).
         """

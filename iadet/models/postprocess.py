@@ -8,6 +8,11 @@ A candidate is an (anchor, class) pair (``candidates="pairs"``, iadet's default,
 torchvision and MMDetection 3), or an anchor ranked by its highest S over the classes, all
 of whose classes are then thresholded (``candidates="anchors"``: the authors' MMDetection v1
 ``max_scores.topk(nms_pre)``, used by the paper configs).
+
+Suppression (``nms``): class-wise hard NMS on S (the paper), Soft-NMS (linear or Gaussian
+decay of S, :func:`iadet.ops.soft_nms.soft_nms`) or IoU-guided NMS (visit by predicted IoU,
+the kept box takes the highest S of its cluster, :func:`iadet.ops.soft_nms.iou_guided_nms`;
+with ``alpha=1`` S is the class score p, IoU-Net's rule).
 """
 import math
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -18,6 +23,9 @@ from torch import Tensor
 from iadet.models.box_coder import DeltaBoxCoder
 from iadet.ops.boxes import clip_boxes
 from iadet.ops.nms import batched_nms
+from iadet.ops.soft_nms import iou_guided_nms, soft_nms
+
+SUPPRESSIONS = ("hard", "soft_linear", "soft_gaussian", "iou_guided")
 
 
 def detection_confidence(cls_prob: Tensor, iou_prob: Optional[Tensor], alpha: Optional[float],
@@ -58,11 +66,18 @@ class PostProcessor:
             max-over-classes S (ties: the lower anchor index first), then every class of
             them with S above the threshold; a level may then give up to
             ``topk_per_level * C`` candidates.
+        nms: ``"hard"`` (the paper), ``"soft_linear"``, ``"soft_gaussian"`` (Soft-NMS: S of a
+            later box of the class times 1 - IoU where IoU >= ``nms_iou`` (mmcv), or times
+            exp(-IoU^2 / ``soft_nms_sigma``); boxes whose S falls below
+            ``soft_nms_min_score`` are dropped) or ``"iou_guided"`` (needs the IoU branch).
     """
 
     def __init__(self, box_coder: DeltaBoxCoder, alpha: Optional[float] = 0.5, score_thr: float = 0.05,
                  topk_per_level: int = 1000, nms_iou: float = 0.5, max_det: int = 100,
-                 order: str = "topk_then_thr", candidates: str = "pairs"):
+                 order: str = "topk_then_thr", candidates: str = "pairs", nms: str = "hard",
+                 soft_nms_sigma: float = 0.5, soft_nms_min_score: float = 0.05):
+        if nms not in SUPPRESSIONS:
+            raise ValueError(f"nms must be one of {', '.join(SUPPRESSIONS)}, got {nms!r}")
         if alpha is not None and not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1] or None, got {alpha}")
         if order not in ("topk_then_thr", "thr_then_topk"):
@@ -77,6 +92,9 @@ class PostProcessor:
         self.max_det = max_det
         self.order = order
         self.candidates = candidates
+        self.nms = nms
+        self.soft_nms_sigma = soft_nms_sigma
+        self.soft_nms_min_score = soft_nms_min_score
 
     def select_candidates(self, cls_logits: Tensor, iou_prob: Optional[Tensor], alpha: Optional[float],
                           num_anchors_per_level: Sequence[int]):
@@ -207,6 +225,22 @@ class PostProcessor:
         img, idx, vals = (torch.cat(p) for p in zip(*parts))
         return img, idx, vals
 
+    def suppress(self, boxes: Tensor, score: Tensor, groups: Tensor, iou: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+        """Class-wise suppression of the (K,) candidates: the kept indices in decreasing order
+        of their final S, and the (K,) scores with the kept ones updated (Soft-NMS's decayed S,
+        IoU-guided NMS's cluster maximum; hard NMS leaves S as it is)."""
+        if self.nms == "hard":
+            return batched_nms(boxes.float(), score.float(), groups, self.nms_iou), score
+        if self.nms == "iou_guided":
+            if iou is None:
+                raise ValueError("nms='iou_guided' visits boxes by their predicted IoU: the model needs the IoU branch")
+            keep, new = iou_guided_nms(boxes.float(), score.float(), iou.float(), groups, self.nms_iou)
+        else:
+            keep, new = soft_nms(boxes.float(), score.float(), groups, method=self.nms[len("soft_"):],
+                                 iou_threshold=self.nms_iou, sigma=self.soft_nms_sigma,
+                                 min_score=self.soft_nms_min_score)
+        return keep, score.index_put((keep,), new.to(score.dtype))
+
     def __call__(self, head_out: Dict[str, Tensor], anchors: Tensor,
                  image_sizes: Sequence[Tuple[int, int]], alpha: Optional[float] = "default",
                  iou_prob: Optional[Tensor] = None) -> List[Dict[str, Tensor]]:
@@ -241,7 +275,8 @@ class PostProcessor:
         boxes = clip_boxes(boxes, sizes[img, 0], sizes[img, 1])
 
         num_classes = cls_logits.shape[2]
-        keep = batched_nms(boxes.float(), score.float(), img * num_classes + label, self.nms_iou)
+        candidate_iou = iou_prob[img, anchor] if iou_prob is not None else None
+        keep, score = self.suppress(boxes, score, img * num_classes + label, candidate_iou)
         # keep is sorted by score; a stable sort by image groups it per image in score order.
         img_kept, order = torch.sort(img[keep], stable=True)
         keep = keep[order]
@@ -253,7 +288,7 @@ class PostProcessor:
 
         fields = {"boxes": boxes, "scores": score, "labels": label,
                   "cls_scores": cls_logits[img, anchor, label].sigmoid()}
-        if iou_prob is not None:
-            fields["ious"] = iou_prob[img, anchor]
+        if candidate_iou is not None:
+            fields["ious"] = candidate_iou
         split = {name: value[keep].split(counts) for name, value in fields.items()}
         return [{name: split[name][i] for name in split} for i in range(len(image_sizes))]

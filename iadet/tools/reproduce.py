@@ -42,6 +42,15 @@ CONFIG_BACKBONE = {"r50": "r50", "r101": "r101", "x101": "x101_32x8d"}  # the to
 IMAGENET_FILES = {"resnet50": "resnet50-0676ba61.pth", "resnet101": "resnet101-63fe2227.pth",
                   "resnext101_32x8d": "resnext101_32x8d-8ba56ff5.pth"}
 METHODS = ("retinanet", "iou_aware", "iou_aware_grad")  # the last is the paper's "†"
+# Beyond the paper (issue 15; --methods, R50 only): name -> (config stem, the trained model it
+# only evaluates differently, or None). The published COCO AP of each is in configs/README.md.
+FAMILY = {"qfl": ("family/retinanet_qfl_r50_fpn_1x_coco", None), "vfl": ("family/retinanet_vfl_r50_fpn_1x_coco", None),
+          "centerness": ("family/retinanet_centerness_r50_fpn_1x_coco", None),
+          "atss": ("family/retinanet_atss_r50_fpn_1x_coco", None),
+          "aligned": ("family/iou_aware_aligned_retinanet_r50_fpn_1x_coco", None),
+          "aligned_grad": ("family/iou_aware_aligned_retinanet_r50_fpn_1x_coco_grad", None),
+          "soft_nms": ("family/iou_aware_retinanet_r50_fpn_1x_coco_soft_nms", "iou_aware"),
+          "iou_guided_nms": ("family/iou_aware_retinanet_r50_fpn_1x_coco_iou_guided_nms", "iou_aware")}
 # Tables 2-4: R50 at [600, 1000] (the paper's ablation setting), with the L2 IoU loss too
 ABLATION_METHODS = ("retinanet", "iou_aware", "iou_aware_grad", "iou_aware_l2")
 DRY_RUN_OPTS = ["train.max_iters=2", "train.lr_steps=[1]", "train.warmup_iters=1", "train.batch_size=2",
@@ -59,11 +68,13 @@ class Run:
     backbone: str
     opts: List[str] = field(default_factory=list)
     seed: Optional[int] = None
-    variant: str = ""  # "" (Table 1 / 5) or "600" (the ablation models of Tables 2-4)
+    variant: str = ""  # "" (Table 1 / 5), "600" (the ablation models of Tables 2-4) or "family"
+    evaluates: Optional[str] = None  # an evaluation-time variant: the run whose checkpoint it evaluates
 
     @property
     def iou_aware(self) -> bool:
-        return self.method != "retinanet"
+        """Has a quality branch (α sweep and IoU_truth bound)."""
+        return self.method not in ("retinanet", "qfl", "vfl", "atss")
 
 
 def paper_config(kind: str, method: str, backbone: str, variant: str = "") -> Path:
@@ -84,6 +95,20 @@ def plan(args) -> List[Run]:
     if args.ablations and args.kind == "coco":
         runs += [Run(f"{method}_r50_600", paper_config("coco", method, "r50", "600"), method, "r50", variant="600")
                  for method in ABLATION_METHODS]
+    methods = [m for m in re.split(r"[,\s]+", (getattr(args, "methods", None) or "").strip()) if m]
+    if methods == ["all"]:
+        methods = list(FAMILY)
+    unknown = [m for m in methods if m not in FAMILY]
+    if unknown:
+        raise ValueError(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(FAMILY)} or all")
+    if methods and args.kind != "coco":
+        raise ValueError("--methods: the quality-family configs are COCO configs (reproduce coco)")
+    for method in methods:
+        stem, evaluates = FAMILY[method]
+        if evaluates and not any(r.name == f"{evaluates}_r50" for r in runs):
+            runs.append(Run(f"{evaluates}_r50", paper_config("coco", evaluates, "r50"), evaluates, "r50"))
+        runs.append(Run(f"{method}_r50", REPO / "configs" / f"{stem}.yaml", method, "r50", variant="family",
+                        evaluates=f"{evaluates}_r50" if evaluates else None))
     return runs
 
 
@@ -138,19 +163,21 @@ def launcher(gpus: int) -> List[str]:
 def train_and_evaluate(run: Run, work: Path, opts: List[str], gpus: int, kind: str, root: Optional[Path]) -> None:
     folder = work / run.name
     device = [] if gpus > 0 else ["--device", "cpu"]
-    run_command(launcher(gpus) + ["-m", "iadet.train", "--config", run.config, "--work-dir", folder, "--resume", "auto",
-                                  "--no-progress", *device, "--opts", *opts, *run.opts], work / "commands.txt")
+    checkpoint = work / (run.evaluates or run.name) / "latest.pth"
+    if run.evaluates is None:  # an evaluation-time variant reuses the checkpoint of the model it evaluates
+        run_command(launcher(gpus) + ["-m", "iadet.train", "--config", run.config, "--work-dir", folder, "--resume",
+                                      "auto", "--no-progress", *device, "--opts", *opts, *run.opts], work / "commands.txt")
     if (folder / "eval" / "metrics.json").is_file():
         print(f"{folder / 'eval' / 'metrics.json'} exists: evaluation already done")
         return
     sweep = ["--alphas", SWEEP_ALPHAS, "--iou-source", "both", "--plots", folder / "plots"] if run.iou_aware else []
-    run_command(launcher(gpus) + ["-m", "iadet.eval", "--config", run.config, "--checkpoint", folder / "latest.pth",
+    run_command(launcher(gpus) + ["-m", "iadet.eval", "--config", run.config, "--checkpoint", checkpoint,
                                   "--out", folder / "eval", "--no-progress", *device, *sweep, "--opts", *opts, *run.opts],
                 work / "commands.txt")
     if kind == "coco" and root is not None and (root / "annotations" / "image_info_test-dev2017.json").is_file() \
             and (root / "test2017").is_dir():
         run_command(launcher(gpus) + ["-m", "iadet.eval", "--config", run.config, "--checkpoint",
-                                      folder / "latest.pth", "--split", "test", "--out", folder / "test_dev",
+                                      checkpoint, "--split", "test", "--out", folder / "test_dev",
                                       "--no-progress", *device, "--opts", *opts, *run.opts], work / "commands.txt")
 
 
@@ -171,6 +198,8 @@ def parse_args(argv=None):
                    help="folder with torchvision's ImageNet checkpoints (" + ", ".join(IMAGENET_FILES.values()) + ")")
     p.add_argument("--ablations", action="store_true",
                    help="coco: also train the R50 [600, 1000] models of Tables 2-4 (L2/BCE, α sweeps)")
+    p.add_argument("--methods", default="", help="coco, R50: also the quality family (issue 15), comma-separated: "
+                   + ", ".join(FAMILY) + ", or all")
     p.add_argument("--dry-run", action="store_true", help="2 iterations on a tiny COCO/VOC-shaped synthetic set")
     p.add_argument("--work-dir", default=None, help="default work_dirs/reproduce_<kind>[_dry_run]")
     return p.parse_args(argv)

@@ -103,6 +103,35 @@ def _paper_report(kind: str, runs, work: Path) -> List[str]:
     return out
 
 
+# Published COCO val2017 AP of each family config's setting (configs/README.md; None: no such number)
+FAMILY_TITLES = {"qfl": ("RetinaNet + QFL", None), "vfl": ("RetinaNet + VFL", 37.4),
+                 "centerness": ("RetinaNet + centerness", None), "atss": ("RetinaNet + ATSS", None),
+                 "aligned": ("aligned IoU-aware RetinaNet", None), "aligned_grad": ("aligned IoU-aware RetinaNet †", None),
+                 "soft_nms": ("IoU-aware RetinaNet, Soft-NMS", None),
+                 "iou_guided_nms": ("IoU-aware RetinaNet, IoU-guided NMS", None)}
+
+
+def _family_report(runs, work: Path) -> List[str]:
+    """Beyond the paper (issue 15): each family model at its configured score, against the
+    RetinaNet and IoU-aware runs of this reproduction, with the IoU_truth bound where it has one."""
+    family = [r for r in runs if r.variant == "family"]
+    if not family:
+        return []
+    base = {r.method: load_metrics(work, r) or {} for r in runs if not r.variant and r.backbone == "r50"}
+    rows = []
+    for run in family:
+        m = load_metrics(work, run) or {}
+        title, published = FAMILY_TITLES[run.method]
+        truth = _best(_sweep(m, "truth"))
+        rows.append([title + (f" (checkpoint of {run.evaluates})" if run.evaluates else ""),
+                     *(m.get(c) for c in COLUMNS), m.get("AP80"), m.get("AP90"),
+                     None if m.get("AP") is None or "retinanet" not in base else m["AP"] - base["retinanet"].get("AP", 0),
+                     truth["AP"] if truth else None, published])
+    return ["## Beyond the paper: the quality family (R50, val2017, configured score)", "",
+            _table(["model", *COLUMNS, "AP80", "AP90", "AP − RetinaNet", "AP with IoU_truth (best α)",
+                    "published AP"], rows), ""]
+
+
 def write_report(kind: str, runs, work: Path, command: str, machine: str, seconds: float,
                  timings: Dict[str, float], dry_run: bool = False) -> Path:
     """Write ``work/report.md`` and return its path."""
@@ -118,6 +147,7 @@ def write_report(kind: str, runs, work: Path, command: str, machine: str, second
                      "the numbers test the recipe, not the method")
     lines.append("")
     lines += _paper_report(kind, runs, work)
+    lines += _family_report(runs, work)
     path = work / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -56,7 +56,7 @@ def test_config_loads_and_builds(name):
         cfg = iadet.load_config(CONFIGS / name, ["model.backbone.init=null"])
     model = build(cfg)
     assert model.head.num_classes == cfg.model.num_classes
-    assert (model.head.iou_pred is not None) == cfg.model.head.iou_branch
+    assert model.head.has_iou_branch == cfg.model.head.iou_branch
     assert (model.backbone.depth, model.backbone.groups, model.backbone.width_per_group) == \
         RESNET_SPECS[cfg.model.backbone.name]
 

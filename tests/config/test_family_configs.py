@@ -1,0 +1,76 @@
+"""The quality-family configs (issue 15, configs/family/): each loads, builds, trains a step
+and predicts; each holds the option its name says and nothing else departs from its base."""
+from pathlib import Path
+
+import pytest
+import torch
+
+import iadet
+from iadet.builder import build_criterion
+from iadet.config import config_to_dict
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+FAMILY = sorted(p.name for p in (CONFIGS / "family").glob("*.yaml"))
+SMALL = ["input.min_size=96", "input.max_size=96", "model.backbone.name=resnet18", "model.num_classes=3",
+         "model.neck.out_channels=32", "model.head.feat_channels=32", "model.head.stacked_convs=2"]
+# name -> (the config it departs from, the keys it changes)
+EXPECTED = {
+    "retinanet_qfl_r50_fpn_1x_coco.yaml": ("retinanet_r50_fpn_1x_coco.yaml", {"model.loss.cls_loss": "qfl"}),
+    "retinanet_vfl_r50_fpn_1x_coco.yaml": ("retinanet_r50_fpn_1x_coco.yaml", {
+        "model.loss.cls_loss": "vfl", "model.loss.reg_loss": "l1", "train.warmup_ratio": 0.1}),
+    "retinanet_centerness_r50_fpn_1x_coco.yaml": ("iou_aware_retinanet_r50_fpn_1x_coco.yaml", {
+        "model.loss.quality_target": "centerness", "model.test.alpha": None}),
+    "retinanet_atss_r50_fpn_1x_coco.yaml": ("retinanet_r50_fpn_1x_coco.yaml", {"model.assigner.type": "atss"}),
+    "iou_aware_aligned_retinanet_r50_fpn_1x_coco.yaml": ("iou_aware_retinanet_r50_fpn_1x_coco.yaml", {
+        "model.head.iou_align": True}),
+    "iou_aware_aligned_retinanet_r50_fpn_1x_coco_grad.yaml": ("iou_aware_retinanet_r50_fpn_1x_coco_grad.yaml", {
+        "model.head.iou_align": True}),
+    "iou_aware_retinanet_r50_fpn_1x_coco_soft_nms.yaml": ("iou_aware_retinanet_r50_fpn_1x_coco.yaml", {
+        "model.test.nms": "soft_gaussian"}),
+    "iou_aware_retinanet_r50_fpn_1x_coco_iou_guided_nms.yaml": ("iou_aware_retinanet_r50_fpn_1x_coco.yaml", {
+        "model.test.nms": "iou_guided", "model.test.alpha": 1.0}),
+}
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def test_every_family_config_is_listed():
+    assert FAMILY == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("name", FAMILY)
+def test_family_config_differs_from_its_base_only_where_its_name_says(name):
+    base, changes = EXPECTED[name]
+    mine = _flat(config_to_dict(iadet.load_config(CONFIGS / "family" / name)))
+    theirs = _flat(config_to_dict(iadet.load_config(CONFIGS / base)))
+    differing = {k: mine[k] for k in mine if mine[k] != theirs.get(k)}
+    differing.pop("train.work_dir", None)
+    assert differing == changes
+
+
+@pytest.mark.parametrize("name", FAMILY)
+def test_family_config_trains_a_step_and_predicts(name):
+    torch.manual_seed(0)
+    cfg = iadet.load_config(CONFIGS / "family" / name, SMALL)
+    model = iadet.build_detector(cfg)
+    criterion = build_criterion(cfg)
+    images = torch.rand(2, 3, 96, 96) * 255
+    targets = [{"boxes": torch.tensor([[10.0, 12.0, 50.0, 60.0], [40.0, 30.0, 90.0, 70.0]]),
+                "labels": torch.tensor([0, 2])},
+               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}]
+    out = model((images - 120.0) / 60.0)  # training batches come normalised and padded
+    losses = criterion(out, out["anchors"], targets)
+    total = losses["loss_cls"] + losses["loss_reg"] + losses.get("loss_iou", 0.0)
+    assert torch.isfinite(total) and losses["num_pos"] > 0
+    total.backward()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+    model.eval()
+    with torch.no_grad():
+        detections = model.predict(images[0])[0]
+    assert set(detections) >= {"boxes", "scores", "labels"}
+    assert (detections["scores"][1:] <= detections["scores"][:-1]).all()
