@@ -182,3 +182,19 @@ def test_a_summary_made_with_another_config_is_stale(tmp_path):
     assert summary_is_current(path, current, "a" * 64) and not summary_is_current(path, "0" * 64, "a" * 64)
     assert not summary_is_current(path, current, "b" * 64)  # another pretrained start (another CPU): redone
     assert not summary_is_current(tmp_path / "absent.json", current, "a" * 64)
+
+
+def test_pilot_rows_compare_with_the_study_run_of_the_same_start(tmp_path):
+    runs, pilots = tmp_path / "results" / "runs", tmp_path / "results" / "pilot"
+    runs.mkdir(parents=True)
+    pilots.mkdir()
+    (runs / "retinanet_seed0.json").write_text(json.dumps(_summary("retinanet", 0, 40.0, 70.0, 30.0, 5.0)))
+    pilot = {**_summary("pilot2400_retinanet", 0, 44.5, 75.0, 35.0, 6.0), "iterations": 2400}
+    (pilots / "pilot2400_retinanet_seed0.json").write_text(json.dumps(pilot))
+    other = {**pilot, "arm": "pilot1200_iou_aware", "pretrained_sha256": "0" * 64, "iterations": 1200}
+    (pilots / "pilot1200_iou_aware_seed0.json").write_text(json.dumps(other))
+    text = write_study_report(tmp_path / "results", tmp_path / "report.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| pilot2400_retinanet"))
+    assert "| 40.00 | -4.50 |" in row  # the study's 900-iteration-style run against the pilot
+    row = next(line for line in text.splitlines() if line.startswith("| pilot1200_iou_aware"))
+    assert "| – | – |" in row  # another pretrained start: not compared

@@ -249,11 +249,11 @@ def write_study_report(results: Path, out: Path, command: str = "", dry_run: boo
     pilots = [json.loads(p.read_text()) for p in sorted((results / "pilot").glob("*.json"))]
     if pilots:
         lines += ["## Schedule pilots", "", "A longer schedule of one arm (lr ×0.1 at 80 % and 93 % of it), evaluated "
-                  "every 2 epochs on the validation images: where AP stops rising tells the study's schedule.", "",
-                  *_table(["pilot", "iterations", "seed", "AP at each evaluation (iteration: AP)", "final AP", "train min"],
-                          [[p["arm"], p["iterations"], p["seed"],
-                            ", ".join(f"{q['iteration']}: {q['AP']:.1f}" for q in p["learning_curve"]),
-                            p["metrics"].get("AP"), p["train_seconds"] / 60] for p in pilots])]
+                  "every 2 epochs on the validation images: how far the study's schedule is from where AP stops "
+                  "rising. *Study AP* is the same arm and seed in the study (same pretrained start only; – otherwise).",
+                  "", *_table(["pilot", "iterations", "seed", "pretrained", "CPU",
+                               "AP at each evaluation (iteration: AP)", "final AP", "study AP", "study − pilot",
+                               "train min"], [_pilot_row(p, arms) for p in pilots])]
         arms = {**arms, **{p["arm"]: {p["seed"]: p} for p in pilots}}
     plot = _learning_curve_plot(arms, out.parent / "images" / f"{out.stem}_learning_curves.png")
     if plot:
@@ -261,6 +261,19 @@ def write_study_report(results: Path, out: Path, command: str = "", dry_run: boo
                   f"![learning curves]({plot.relative_to(out.parent).as_posix()})", ""]
     atomic_write_text("\n".join(lines) + "\n", out)
     return out
+
+
+def _pilot_row(pilot: Dict, arms) -> List:
+    """One pilot against the study run of its arm and seed (``pilot<ITERS>_<arm>``)."""
+    arm = pilot["arm"].split("_", 1)[1] if pilot["arm"].startswith("pilot") else pilot["arm"]
+    study = arms.get(arm, {}).get(pilot["seed"])
+    study_ap = study["metrics"].get("AP") if study and study.get("pretrained_sha256") == \
+        pilot.get("pretrained_sha256") else None
+    final = pilot["metrics"].get("AP")
+    return [pilot["arm"], pilot["iterations"], pilot["seed"], (pilot.get("pretrained_sha256") or "–")[:12],
+            pilot.get("cpu", "–"), ", ".join(f"{q['iteration']}: {q['AP']:.1f}" for q in pilot["learning_curve"]),
+            final, study_ap, None if study_ap is None or final is None else study_ap - final,
+            pilot["train_seconds"] / 60]
 
 
 def _num_val(runs) -> str:
