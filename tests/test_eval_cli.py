@@ -49,8 +49,23 @@ def test_model_evaluation_writes_results_metrics_sweep_and_plots(swept, capsys):
     assert len(json.loads((out / "alpha_sweep.json").read_text())) == 4
     panels = metrics["analysis"]["confidence_vs_iou_eval"]
     assert len(panels) == 3 and all({"pearson", "spearman", "n"} <= set(p) for p in panels)
+    assert metrics["analysis"]["calibration_estimate"] == "quality branch"
     for name in ("confidence_vs_iou.png", "iou_calibration.png", "alpha_sweep_predicted.png", "alpha_sweep_truth.png"):
         assert (tmp / "plots" / name).read_bytes()[:8] == PNG_MAGIC, name
+
+
+def test_a_model_without_quality_branch_has_its_class_score_calibrated(tmp_path):
+    """QFL / VFL (and RetinaNet) have no separate estimate: the class score is calibrated."""
+    opts = tiny_opts(tmp_path / "cache") + ["model.test.score_thr=0.0", "model.head.iou_branch=false",
+                                            "model.loss.cls_loss=qfl"]
+    report = run_eval("--config", CONFIGS / "quickstart.yaml", "--out", tmp_path / "out", "--iou-source", "both",
+                      "--alphas", "1.0,0.0", "--plots", tmp_path / "plots", "--no-progress", "--opts", *opts)
+    assert report["analysis"]["calibration_estimate"] == "class score"
+    assert report["analysis"]["calibration"]["n"] >= 0
+    assert (tmp_path / "plots" / "cls_score_calibration.png").read_bytes()[:8] == PNG_MAGIC
+    # IoU_truth in place of the estimate: at α 0 the score is IoU_truth alone, the upper bound
+    truth0 = [r for r in report["alpha_sweep"] if r["iou_source"] == "truth" and r["alpha"] == "0"]
+    assert truth0 and truth0[0]["AP"] >= 0
 
 
 def test_offline_evaluation_of_the_written_results_gives_the_same_metrics(swept, tmp_path):

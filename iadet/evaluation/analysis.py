@@ -88,7 +88,9 @@ def confidence_analysis(coco_gt, detections: Dict[Tuple[str, Optional[float]], D
     (a) the classification score p alone (the detections at α = 1 when swept, else p of the
     best-α detections), (b) Eq. 7 with the predicted IoU at the best α, (c) Eq. 7 with
     IoU_truth at its best α (when computed). Calibration: predicted IoU versus IoU_truth for
-    the positives (detections with IoU_truth >= 0.5) of the best predicted-IoU α.
+    the positives (detections with IoU_truth >= 0.5) of the best predicted-IoU α; a model
+    without a quality branch (QFL, VFL, RetinaNet) has its class score calibrated instead
+    (``calibration_estimate`` says which).
     Returns the Pearson/Spearman correlations (and calibration figures); writes
     ``confidence_vs_iou.png``, ``iou_calibration.png`` and ``alpha_sweep.png`` when
     ``plot_dir`` is given.
@@ -104,16 +106,23 @@ def confidence_analysis(coco_gt, detections: Dict[Tuple[str, Optional[float]], D
         panels.append(("classification score p", dets_p.cls_score, ev))
         dets = by_name[("predicted", best_pred["alpha"])]
         ev, truth = detection_ious(coco_gt, dets)
-        if np.isfinite(dets.iou).all():
+        positives = truth >= 0.5
+        has_branch = bool(np.isfinite(dets.iou).all())
+        if has_branch:
             panels.append((f"Eq. 7, predicted IoU, α={best_pred['alpha']}", dets.score, ev))
-            positives = truth >= 0.5
-            if plot_dir is not None:
-                result["calibration"] = plots.plot_iou_calibration(
-                    dets.iou[positives], truth[positives], Path(plot_dir) / "iou_calibration.png")
-            else:
-                pred, true = dets.iou[positives], truth[positives]
-                mae = float(np.abs(pred - true).mean()) if len(pred) else None
-                result["calibration"] = {**plots.correlations(pred, true), "mae": mae}
+        # The estimate of the localisation quality: the quality branch's output (IoU, aligned
+        # IoU, centerness), or without a branch the class score itself (QFL / VFL train it
+        # towards the IoU; for the plain RetinaNet it is the baseline's implicit estimate).
+        estimate = dets.iou if has_branch else dets.cls_score
+        result["calibration_estimate"] = "quality branch" if has_branch else "class score"
+        if plot_dir is not None:
+            name = "iou_calibration.png" if has_branch else "cls_score_calibration.png"
+            result["calibration"] = plots.plot_iou_calibration(
+                estimate[positives], truth[positives], Path(plot_dir) / name)
+        else:
+            pred, true = estimate[positives], truth[positives]
+            mae = float(np.abs(pred - true).mean()) if len(pred) else None
+            result["calibration"] = {**plots.correlations(pred, true), "mae": mae}
     if best_truth is not None:
         dets = by_name[("truth", best_truth["alpha"])]
         ev, _ = detection_ious(coco_gt, dets)
