@@ -28,6 +28,9 @@ Rows (``--only``, comma-separated; default all but the diagnostic ``fast_paths``
   coco_eval     5,000 images x 100 detections (scripts/bench_eval.py): iadet fast evaluator vs
                 pycocotools and vs faster-coco-eval.
   iou_branch    iadet with ``model.head.iou_branch`` true vs false (whole predict and forward).
+  family        each option of configs/family/ (issue 15: QFL, VFL, centerness, ATSS, the aligned
+                IoU branch, Soft-NMS, IoU-guided NMS) against the paper's IoU-aware RetinaNet:
+                whole predict, and a training step for the trained options (bench_rows_family.py).
   train_memory  peak memory of one training step (CPU: each side in a fresh subprocess, peak
                 RSS above the RSS before the step; CUDA: ``max_memory_allocated``).
   fast_paths    iadet inference variants against plain iadet: inference_mode, folded BN,
@@ -70,13 +73,14 @@ sys.path.insert(0, str(SCRIPTS.parent))  # iadet, and tests/ (the detector pair,
 sys.path.insert(0, str(SCRIPTS))  # the bench_* modules
 
 from bench_common import bench_image, detector_pair, format_table, machine_info, train_targets  # noqa: E402
+from bench_rows_family import FamilyRows  # noqa: E402
 from bench_rows_inference import InferenceRows  # noqa: E402
 from bench_rows_nms_eval import NmsEvalRows  # noqa: E402
 from bench_rows_training import TrainingRows, memory_child  # noqa: E402
 
 ALL_ROWS = ("r50_fp32", "r50_fp32_fast", "r50_bf16", "r50_bf16_fast", "bf16_ap", "postprocess", "nms",
-            "train_step", "train_step_fast", "loss", "coco_eval", "iou_branch", "train_memory", "fast_paths",
-            "profile")
+            "train_step", "train_step_fast", "loss", "coco_eval", "iou_branch", "train_memory", "family",
+            "fast_paths", "profile")
 
 # diagnostic rows, not run by default (``--only all`` or naming them runs them): they add ~2.5 min
 DIAGNOSTIC_ROWS = ("fast_paths", "profile")
@@ -84,9 +88,10 @@ DEFAULT_ROWS = tuple(r for r in ALL_ROWS if r not in DIAGNOSTIC_ROWS)
 
 
 # ----------------------------------------------------------------------------- the bench
-class Bench(InferenceRows, TrainingRows, NmsEvalRows):
+class Bench(InferenceRows, TrainingRows, NmsEvalRows, FamilyRows):
     """Shared state and set-ups; the ``row_<name>`` methods come from the row classes
-    (bench_rows_inference.py, bench_rows_training.py, bench_rows_nms_eval.py)."""
+    (bench_rows_inference.py, bench_rows_training.py, bench_rows_nms_eval.py,
+    bench_rows_family.py)."""
 
     def __init__(self, args):
         self.args = args

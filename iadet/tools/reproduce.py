@@ -51,6 +51,12 @@ FAMILY = {"qfl": ("family/retinanet_qfl_r50_fpn_1x_coco", None), "vfl": ("family
           "aligned_grad": ("family/iou_aware_aligned_retinanet_r50_fpn_1x_coco_grad", None),
           "soft_nms": ("family/iou_aware_retinanet_r50_fpn_1x_coco_soft_nms", "iou_aware"),
           "iou_guided_nms": ("family/iou_aware_retinanet_r50_fpn_1x_coco_iou_guided_nms", "iou_aware")}
+# The paper config each family config departs from (by its one option): what its cost and its
+# accuracy are compared against (scripts/bench_rows_family.py, tests/config/test_family_configs.py).
+FAMILY_BASE = {"qfl": "retinanet_r50_fpn_1x_coco", "vfl": "retinanet_r50_fpn_1x_coco",
+               "centerness": "iou_aware_retinanet_r50_fpn_1x_coco", "atss": "retinanet_r50_fpn_1x_coco",
+               "aligned": "iou_aware_retinanet_r50_fpn_1x_coco", "aligned_grad": "iou_aware_retinanet_r50_fpn_1x_coco_grad",
+               "soft_nms": "iou_aware_retinanet_r50_fpn_1x_coco", "iou_guided_nms": "iou_aware_retinanet_r50_fpn_1x_coco"}
 # Tables 2-4: R50 at [600, 1000] (the paper's ablation setting), with the L2 IoU loss too
 ABLATION_METHODS = ("retinanet", "iou_aware", "iou_aware_grad", "iou_aware_l2")
 DRY_RUN_OPTS = ["train.max_iters=2", "train.lr_steps=[1]", "train.warmup_iters=1", "train.batch_size=2",

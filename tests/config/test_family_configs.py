@@ -8,28 +8,24 @@ import torch
 import iadet
 from iadet.builder import build_criterion
 from iadet.config import config_to_dict
+from iadet.tools.reproduce import FAMILY, FAMILY_BASE
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-FAMILY = sorted(p.name for p in (CONFIGS / "family").glob("*.yaml"))
+FAMILY_FILES = sorted(p.name for p in (CONFIGS / "family").glob("*.yaml"))
 SMALL = ["input.min_size=96", "input.max_size=96", "model.backbone.name=resnet18", "model.num_classes=3",
          "model.neck.out_channels=32", "model.head.feat_channels=32", "model.head.stacked_convs=2"]
-# name -> (the config it departs from, the keys it changes)
-EXPECTED = {
-    "retinanet_qfl_r50_fpn_1x_coco.yaml": ("retinanet_r50_fpn_1x_coco.yaml", {"model.loss.cls_loss": "qfl"}),
-    "retinanet_vfl_r50_fpn_1x_coco.yaml": ("retinanet_r50_fpn_1x_coco.yaml", {
-        "model.loss.cls_loss": "vfl", "model.loss.reg_loss": "l1", "train.warmup_ratio": 0.1}),
-    "retinanet_centerness_r50_fpn_1x_coco.yaml": ("iou_aware_retinanet_r50_fpn_1x_coco.yaml", {
-        "model.loss.quality_target": "centerness", "model.test.alpha": None}),
-    "retinanet_atss_r50_fpn_1x_coco.yaml": ("retinanet_r50_fpn_1x_coco.yaml", {"model.assigner.type": "atss"}),
-    "iou_aware_aligned_retinanet_r50_fpn_1x_coco.yaml": ("iou_aware_retinanet_r50_fpn_1x_coco.yaml", {
-        "model.head.iou_align": True}),
-    "iou_aware_aligned_retinanet_r50_fpn_1x_coco_grad.yaml": ("iou_aware_retinanet_r50_fpn_1x_coco_grad.yaml", {
-        "model.head.iou_align": True}),
-    "iou_aware_retinanet_r50_fpn_1x_coco_soft_nms.yaml": ("iou_aware_retinanet_r50_fpn_1x_coco.yaml", {
-        "model.test.nms": "soft_gaussian"}),
-    "iou_aware_retinanet_r50_fpn_1x_coco_iou_guided_nms.yaml": ("iou_aware_retinanet_r50_fpn_1x_coco.yaml", {
-        "model.test.nms": "iou_guided", "model.test.alpha": 1.0}),
+# method -> the keys its config changes against its base (FAMILY_BASE)
+CHANGES = {
+    "qfl": {"model.loss.cls_loss": "qfl"},
+    "vfl": {"model.loss.cls_loss": "vfl", "model.loss.reg_loss": "l1", "train.warmup_ratio": 0.1},
+    "centerness": {"model.loss.quality_target": "centerness", "model.test.alpha": None},
+    "atss": {"model.assigner.type": "atss"},
+    "aligned": {"model.head.iou_align": True},
+    "aligned_grad": {"model.head.iou_align": True},
+    "soft_nms": {"model.test.nms": "soft_gaussian"},
+    "iou_guided_nms": {"model.test.nms": "iou_guided", "model.test.alpha": 1.0},
 }
+EXPECTED = {FAMILY[m][0].split("/", 1)[1] + ".yaml": (FAMILY_BASE[m] + ".yaml", CHANGES[m]) for m in FAMILY}
 
 
 def _flat(d, prefix=""):
@@ -40,10 +36,10 @@ def _flat(d, prefix=""):
 
 
 def test_every_family_config_is_listed():
-    assert FAMILY == sorted(EXPECTED)
+    assert FAMILY_FILES == sorted(EXPECTED) and set(CHANGES) == set(FAMILY) == set(FAMILY_BASE)
 
 
-@pytest.mark.parametrize("name", FAMILY)
+@pytest.mark.parametrize("name", FAMILY_FILES)
 def test_family_config_differs_from_its_base_only_where_its_name_says(name):
     base, changes = EXPECTED[name]
     mine = _flat(config_to_dict(iadet.load_config(CONFIGS / "family" / name)))
@@ -53,7 +49,7 @@ def test_family_config_differs_from_its_base_only_where_its_name_says(name):
     assert differing == changes
 
 
-@pytest.mark.parametrize("name", FAMILY)
+@pytest.mark.parametrize("name", FAMILY_FILES)
 def test_family_config_trains_a_step_and_predicts(name):
     torch.manual_seed(0)
     cfg = iadet.load_config(CONFIGS / "family" / name, SMALL)
