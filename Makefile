@@ -3,7 +3,7 @@ PYTHON ?= python
 PYTEST_ARGS ?=
 CHECK_INSTALLED = $(PYTHON) -c "import iadet, torch, torchvision, pycocotools, yaml, tqdm, pytest, hypothesis, xdist, onnx, onnxscript, onnxruntime" 2>/dev/null
 
-.PHONY: install ensure-installed test test-slow test-all quickstart bench clean reproduce-coco reproduce-voc reproduce-mini
+.PHONY: install ensure-installed test test-slow test-all quickstart bench clean reproduce-coco reproduce-voc reproduce-mini compare-mini
 
 install:
 	$(PYTHON) -m pip install -e '.[dev]'
@@ -53,6 +53,11 @@ MINI_SEEDS ?= 0,1,2,3,4
 CONTROL_SEEDS ?= 0,1,2
 reproduce-mini: ensure-installed
 	$(PYTHON) -m iadet.tools.reproduce mini $(if $(DRY_RUN),--dry-run --seeds "0 1" --control-seeds 0,--seeds "$(MINI_SEEDS)" --control-seeds "$(CONTROL_SEEDS)")
+
+## the quality family ranked by the same paired protocol (docs/results_family.md, issue 16; about
+## 4-5 hours on 2 CPU cores, resumable). DRY_RUN=1: the pipeline on a tiny set (seeds 0,1).
+compare-mini: ensure-installed
+	$(PYTHON) -m iadet.tools.reproduce family $(if $(DRY_RUN),--dry-run --seeds "0 1",--seeds "$(MINI_SEEDS)")
 
 clean:
 	rm -rf build *.egg-info .pytest_cache work_dirs/quickstart

@@ -3,6 +3,7 @@
     python -m iadet.tools.reproduce coco [--root data/coco] [--gpus N] [--backbones r50,r101,x101] [--dry-run]
     python -m iadet.tools.reproduce voc  [--root data/VOCdevkit] [--gpus N] [--backbones r50,r101,x101] [--dry-run]
     python -m iadet.tools.reproduce mini [--seeds 0,1,2,3,4] [--control-seeds 0,1,2] [--dry-run]
+    python -m iadet.tools.reproduce family [--seeds 0,1,2,3,4] [--atss-with iou_aware] [--dry-run]
 
 (``make reproduce-coco``, ``make reproduce-voc``, ``make reproduce-mini``.)
 
@@ -14,6 +15,8 @@
 - ``voc``: the same for Table 5 (VOC07+12 -> VOC07 test).
 - ``mini``: the paired, powered study at CPU scale on the synthetic dataset
   (:mod:`iadet.tools.study_mini`; ``docs/results_mini.md`` is its generated report).
+- ``family``: the quality family ranked by the same protocol (:mod:`iadet.tools.study_family`;
+  ``docs/results_family.md``).
 - ``--dry-run``: the whole pipeline for 2 iterations at 128 px on a tiny dataset laid out
   exactly like COCO / VOC (:mod:`iadet.tools.dry_run_data`), so the recipe is tested on CPU.
 
@@ -196,7 +199,8 @@ def machine_description(gpus: int) -> str:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m iadet.tools.reproduce", description=__doc__.splitlines()[0])
-    p.add_argument("kind", choices=("coco", "voc"), help="(mini: see python -m iadet.tools.reproduce mini --help)")
+    p.add_argument("kind", choices=("coco", "voc"),
+                   help="(mini, family: see python -m iadet.tools.reproduce mini --help / family --help)")
     p.add_argument("--root", default=None, help="dataset root (default data/coco or data/VOCdevkit)")
     p.add_argument("--gpus", type=int, default=None, help="GPUs to train on (default: all visible; 0: CPU)")
     p.add_argument("--backbones", default="r50", help="comma-separated: r50, r101, x101")
@@ -216,6 +220,9 @@ def main(argv=None) -> int:
     if argv[:1] == ["mini"]:  # the paired small-scale study has its own runner
         from iadet.tools.study_mini import main as study_main
         return study_main(argv[1:])
+    if argv[:1] == ["family"]:  # the quality family ranked by the same protocol (issue 16)
+        from iadet.tools.study_family import main as family_main
+        return family_main(argv[1:])
     args = parse_args(argv)
     import torch
     gpus = torch.cuda.device_count() if args.gpus is None else args.gpus

@@ -29,7 +29,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from iadet.io import atomic_write_text
 
@@ -45,7 +45,8 @@ class Arm:
     config: str          # relative to the repository
     title: str
     regime: str          # "paper" (pretrained start, SGD) or "scratch_adamw" (issue 6's study)
-    role: str            # "main" (--seeds) or "control" (--control-seeds)
+    role: str            # "main" (--seeds), "control" (--control-seeds) or "family" (issue 16)
+    opts: Tuple[str, ...] = ()  # config overrides of this arm (e.g. the ATSS assigner on another arm's config)
 
     @property
     def iou_aware(self) -> bool:
@@ -155,7 +156,7 @@ def config_fingerprint(run: StudyRun, opts: List[str]) -> str:
     import hashlib
 
     from iadet.config import config_to_dict, load_config
-    cfg = config_to_dict(load_config(REPO / run.arm.config, [f"train.seed={run.seed}"] + opts))
+    cfg = config_to_dict(load_config(REPO / run.arm.config, [f"train.seed={run.seed}", *run.arm.opts] + opts))
     cfg["model"]["backbone"].pop("init", None)
     cfg["data"]["synthetic"].pop("cache_dir", None)
     cfg["train"].pop("eval_interval", None)
@@ -177,12 +178,11 @@ def summary_is_current(path: Path, fingerprint: str, pretrained_sha256: Optional
 def run_one(run: StudyRun, work: Path, results: Path, opts: List[str], pretrained: Dict,
             eval_interval: Optional[int] = None, subfolder: str = "runs") -> Dict:
     """Train and evaluate one run (resuming what exists); write and return its summary."""
-    from iadet.machine import cpu_model
-
     folder = work / run.name
     eval_interval = (1 if run.curve else 0) if eval_interval is None else eval_interval
     # The final evaluation is iadet.eval's below (with the α sweep), not the trainer's.
-    run_opts = [f"train.seed={run.seed}", f"train.eval_interval={eval_interval}", "train.final_eval=false"] + opts
+    run_opts = [f"train.seed={run.seed}", f"train.eval_interval={eval_interval}", "train.final_eval=false",
+                *run.arm.opts] + opts
     if run.arm.regime == "paper":
         run_opts.append(f"model.backbone.init={pretrained['path']}")
     log = work / "commands.txt"
@@ -191,33 +191,54 @@ def run_one(run: StudyRun, work: Path, results: Path, opts: List[str], pretraine
     _run("iadet.train", ["--config", REPO / run.arm.config, "--work-dir", folder, "--resume", "auto", "--no-progress",
                          "--device", "cpu", "--opts", *run_opts], log)
     t1 = time.time()
-    sweep = ["--alphas", SWEEP_ALPHAS, "--iou-source", "both"] if run.arm.iou_aware else []
-    if run.arm.iou_aware and run.curve:  # Fig. 4 and calibration plots for the first seed
-        sweep += ["--plots", folder / "plots"]
-    _run("iadet.eval", ["--config", REPO / run.arm.config, "--checkpoint", folder / "latest.pth", "--out",
-                        folder / "eval", "--no-progress", "--device", "cpu", "--backend", "fast", *sweep,
-                        "--opts", *run_opts], log)
+    metrics = evaluate_checkpoint(run, folder / "latest.pth", folder / "eval", run_opts, log)
     t2 = time.time()
-    metrics = json.loads((folder / "eval" / "metrics.json").read_text())
     last = _last_train_record(folder / "metrics.jsonl")
     summary = {
-        "run": run.name, "arm": run.arm.name, "seed": run.seed, "regime": run.arm.regime, "role": run.arm.role,
-        "config": run.arm.config, "opts": run_opts, "config_sha256": config_fingerprint(run, opts),
-        "git_commit": git_commit(), "cpu": cpu_model(),
+        **summary_head(run, run_opts, config_fingerprint(run, opts), pretrained),
         "train_seconds": round(t1 - t0, 1), "eval_seconds": round(t2 - t1, 1), "resumed": resumed,
         "time_per_iter": last.get("time_per_iter"), "iterations": last.get("iteration"),
         "final_losses": {k: v for k, v in last.items() if k.startswith("loss")},
-        "pretrained_sha256": pretrained.get("sha256") if run.arm.regime == "paper" else None,
-        "metrics": {k: v for k, v in metrics.items() if k not in ("per_class", "alpha_sweep", "analysis")},
-        "alpha_sweep": metrics.get("alpha_sweep", []),
-        "calibration": (metrics.get("analysis") or {}).get("calibration"),
-        "confidence_vs_iou_eval": (metrics.get("analysis") or {}).get("confidence_vs_iou_eval"),
+        **metric_fields(metrics),
         "learning_curve": learning_curve(folder / "metrics.jsonl")
         + [{"iteration": last.get("iteration"), **{k: metrics.get(k) for k in ("AP", "AP50", "AP75", "AP90")}}],
     }
-    (results / subfolder).mkdir(parents=True, exist_ok=True)
-    atomic_write_text(json.dumps(summary, indent=1), results / subfolder / f"{run.name}.json")
+    write_summary(summary, results / subfolder)
     return summary
+
+
+def evaluate_checkpoint(run: StudyRun, checkpoint: Path, out: Path, run_opts: List[str], log: Path) -> Dict:
+    """``iadet.eval`` of one checkpoint on the validation images (the α sweep and IoU_truth for
+    arms with a quality estimate; Fig. 4 and calibration plots for the first seed)."""
+    sweep = ["--alphas", SWEEP_ALPHAS, "--iou-source", "both"] if run.arm.iou_aware else []
+    if run.arm.iou_aware and run.curve:
+        sweep += ["--plots", out.parent / ("plots" if out.name == "eval" else f"plots_{out.name}")]
+    _run("iadet.eval", ["--config", REPO / run.arm.config, "--checkpoint", checkpoint, "--out", out, "--no-progress",
+                        "--device", "cpu", "--backend", "fast", *sweep, "--opts", *run_opts], log)
+    return json.loads((out / "metrics.json").read_text())
+
+
+def summary_head(run: StudyRun, run_opts: List[str], fingerprint: str, pretrained: Dict) -> Dict:
+    """The identity of a run's summary: arm, seed, config, code, machine, pretrained start."""
+    from iadet.machine import cpu_model
+
+    return {"run": run.name, "arm": run.arm.name, "seed": run.seed, "regime": run.arm.regime, "role": run.arm.role,
+            "config": run.arm.config, "opts": run_opts, "config_sha256": fingerprint, "git_commit": git_commit(),
+            "cpu": cpu_model(), "pretrained_sha256": pretrained.get("sha256") if run.arm.regime == "paper" else None}
+
+
+def metric_fields(metrics: Dict) -> Dict:
+    """What a summary keeps of ``iadet.eval``'s metrics.json."""
+    analysis = metrics.get("analysis") or {}
+    return {"metrics": {k: v for k, v in metrics.items() if k not in ("per_class", "alpha_sweep", "analysis")},
+            "alpha_sweep": metrics.get("alpha_sweep", []), "calibration": analysis.get("calibration"),
+            "calibration_estimate": analysis.get("calibration_estimate"),
+            "confidence_vs_iou_eval": analysis.get("confidence_vs_iou_eval")}
+
+
+def write_summary(summary: Dict, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(json.dumps(summary, indent=1), folder / f"{summary['run']}.json")
 
 
 def pilot_opts(iters: int) -> List[str]:

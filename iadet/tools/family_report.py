@@ -1,0 +1,172 @@
+"""The report of the family study (``docs/results_family.md``, issue 16), generated from the
+run summaries that :mod:`iadet.tools.study_family` writes; never edited by hand.
+
+    python -m iadet.tools.family_report [--results docs/results_family] [--out docs/results_family.md]
+
+Every difference is paired by seed (same shared initial weights, data order, flips and
+pretrained start), with a two-sided 95 % Student-t interval over seeds and the per-seed values.
+"""
+import argparse
+import datetime
+import json
+import statistics
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from iadet.io import atomic_write_text
+from iadet.tools.study_report import _per_seed, _table, load_summaries, metric, paired
+from iadet.tools.study_stats import paired_difference
+
+COLUMNS = ("AP", "AP50", "AP75", "AP90")
+CONFIGURED_ALPHA = "0.5"
+# Published COCO val2017 AP, R50 1x (../shared/QUALITY_FAMILY.md): the order the reading compares with.
+PUBLISHED = [("RetinaNet", 36.5), ("IoU-aware RetinaNet", 36.9), ("RetinaNet + VFL", 37.4),
+             ("IoU-aware RetinaNet †", 37.8), ("ATSS", 39.4), ("GFL (QFL + DFL + ATSS)", 40.2)]
+
+
+def gap_closed(summary: Dict) -> Optional[float]:
+    """(AP with the estimate − AP with the class score alone) / (AP with IoU_truth − AP with the
+    class score alone), at the configured α; None without a separate estimate (no IoU_truth row)."""
+    est, cls = metric(summary, "AP", CONFIGURED_ALPHA), metric(summary, "AP", "1")
+    truth = metric(summary, "AP", CONFIGURED_ALPHA, "truth")
+    if None in (est, cls, truth) or truth == cls or summary.get("calibration_estimate") == "class score":
+        return None
+    return (est - cls) / (truth - cls)
+
+
+def _mean(values: List[float]) -> Optional[float]:
+    return statistics.fmean(values) if values else None
+
+
+def _arm_rows(arms) -> List[List]:
+    at = lambda col: (lambda s: metric(s, col))  # noqa: E731
+    rows = []
+    for arm, seeds in arms.items():
+        means = [_mean([s["metrics"][c] for s in seeds.values() if s["metrics"].get(c) is not None]) for c in COLUMNS]
+        diffs = []
+        for other in ("retinanet", "iou_aware"):
+            diffs += ([paired(arms, arm, other, at(c), at(c)).text() for c in ("AP", "AP90")]
+                      if arm != other and other in arms else ["–", "–"])
+        rows.append([arm, len(seeds), *means, *diffs])
+    return rows
+
+
+def _estimator_rows(arms) -> List[List]:
+    rows = []
+    for arm, seeds in arms.items():
+        gaps = [g for g in (gap_closed(s) for s in seeds.values()) if g is not None]
+        calib = [s["calibration"] for s in seeds.values() if s.get("calibration")]
+        if not gaps and not calib:
+            continue
+        estimate = next((s.get("calibration_estimate") for s in seeds.values() if s.get("calibration_estimate")),
+                        "quality branch")
+        d = paired_difference(gaps)
+        mae = _mean([c["mae"] for c in calib if c.get("mae") is not None])
+        pearson = _mean([c["pearson"] for c in calib if c.get("pearson") is not None])
+        fig4 = [p for s in seeds.values() for p in (s.get("confidence_vs_iou_eval") or [])
+                if p["panel"].startswith("Eq. 7, predicted")]
+        rows.append([arm, estimate, d.text() if gaps else "– (no separate estimate)", _per_seed(d) if gaps else "–",
+                     mae, pearson, _mean([p["pearson"] for p in fig4 if p.get("pearson") is not None]),
+                     _mean([p["spearman"] for p in fig4 if p.get("spearman") is not None])])
+    return rows
+
+
+def _plot(arms, path: Path) -> Optional[Path]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    points = []
+    for arm, seeds in arms.items():
+        ap = [s["metrics"]["AP"] for s in seeds.values() if s["metrics"].get("AP") is not None]
+        ap90 = [s["metrics"]["AP90"] for s in seeds.values() if s["metrics"].get("AP90") is not None]
+        if ap and ap90:
+            points.append((arm, paired_difference(ap), paired_difference(ap90)))
+    if not points:
+        return None
+    fig = Figure(figsize=(7.5, 5.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for arm, ap, ap90 in points:
+        xerr = None if ap.low is None else [[ap.mean - ap.low], [ap.high - ap.mean]]
+        yerr = None if ap90.low is None else [[ap90.mean - ap90.low], [ap90.high - ap90.mean]]
+        ax.errorbar(ap.mean, ap90.mean, xerr=xerr, yerr=yerr, fmt="o", capsize=3, label=arm)
+        ax.annotate(arm, (ap.mean, ap90.mean), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("AP (mean over seeds, 95 % t interval)")
+    ax.set_ylabel("AP90 (mean over seeds, 95 % t interval)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    return path
+
+
+def _reading(arms) -> List[str]:
+    """The ranking by paired ΔAP against RetinaNet, what the intervals allow, the published order."""
+    at = lambda s: metric(s, "AP")  # noqa: E731
+    ranked = sorted(((arm, paired(arms, arm, "retinanet", at, at)) for arm in arms if arm != "retinanet"),
+                    key=lambda x: -(x[1].mean if x[1].mean is not None else float("-inf")))
+    above = [a for a, d in ranked if d.low is not None and d.low > 0]
+    below = [a for a, d in ranked if d.high is not None and d.high < 0]
+    unclear = [a for a, d in ranked if a not in above and a not in below]
+    return ["## Reading (generated from the tables above)", "",
+            "- Ranked by the paired AP difference against RetinaNet: "
+            + (", ".join(f"{a} ({d.text()})" for a, d in ranked) or "no paired run yet") + ".",
+            f"- Above RetinaNet with the whole 95 % interval: {', '.join(above) or 'none'}; below: "
+            f"{', '.join(below) or 'none'}; not separated from it at this n: {', '.join(unclear) or 'none'}.",
+            "- What the ranking does not say: it is one synthetic dataset at CPU scale, a short schedule and one "
+            "pretrained start; arms whose intervals overlap are not ordered by it.",
+            "- The published COCO order (R50 1x, val2017; the full detectors of ATSS and GFL change more than one "
+            "part): " + " < ".join(f"{n} {ap}" for n, ap in PUBLISHED) + ".", ""]
+
+
+def write_family_report(results: Path, out: Path, command: str = "", dry_run: bool = False) -> Path:
+    results, out = Path(results), Path(out)
+    arms = load_summaries(results)
+    runs = [s for seeds in arms.values() for s in seeds.values()]
+    pretrained = json.loads((results / "pretrained.json").read_text()) if (results / "pretrained.json").is_file() else {}
+    minutes = sum(s["train_seconds"] + s["eval_seconds"] for s in runs) / 60
+    images = sorted({s["metrics"].get("num_images") for s in runs if s["metrics"].get("num_images")})
+    lines = ["# The quality family ranked at small scale (generated by `iadet.tools.family_report`)", ""]
+    if dry_run:
+        lines += ["**Dry run**: a few iterations on a tiny set; the numbers test the pipeline, not the methods.", ""]
+    lines += [f"- command: `{command or 'make compare-mini'}`",
+              f"- machine: {'; '.join(sorted({s['cpu'] for s in runs})) or '–'} (CPU model from /proc/cpuinfo)",
+              f"- generated: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+              f"- runs: {len(runs)}; training + evaluation time: {minutes:.1f} min; seeds per arm: "
+              + ", ".join(f"{a} {len(s)}" for a, s in arms.items()),
+              f"- validation images: {', '.join(map(str, images)) or '–'}; pretrained start sha256 "
+              f"{pretrained.get('sha256', '?')[:12]}", ""]
+    lines += ["## Every arm (configured score; paired differences with 95 % t intervals)", "",
+              *_table(["arm", "n", *(f"mean {c}" for c in COLUMNS), "ΔAP vs RetinaNet", "ΔAP90 vs RetinaNet",
+                       "ΔAP vs IoU-aware", "ΔAP90 vs IoU-aware"], _arm_rows(arms))]
+    lines += ["## How much of the IoU_truth gap each estimate closes", "",
+              "Gap closed = (AP with the estimate − AP with the class score alone) / (AP with IoU_truth − AP with the "
+              f"class score alone), at α {CONFIGURED_ALPHA}, per seed, then the mean with its 95 % t interval. "
+              "Calibration: mean absolute error and Pearson r of the estimate against IoU_truth on detections with "
+              "IoU_truth ≥ 0.5; Fig. 4: correlation of the confidence with IoU_eval.", "",
+              *_table(["arm", "estimate", "gap closed [95 % CI]", "per seed", "calibration MAE", "calibration r",
+                       "Fig. 4 Pearson", "Fig. 4 Spearman"], _estimator_rows(arms))]
+    plot = _plot(arms, out.parent / "images" / f"{out.stem}_ap_vs_ap90.png")
+    if plot:
+        lines += ["## AP against AP90", "", f"![AP against AP90]({plot.relative_to(out.parent).as_posix()})", ""]
+    lines += _reading(arms)
+    lines += ["## Every run", "", *_table(["arm", "seed", *COLUMNS, "AP at α 1", "evaluates"],
+                                          [[a, seed, *(metric(s, c) for c in COLUMNS), metric(s, "AP", "1"),
+                                            s.get("evaluates", "")] for a, seeds in arms.items()
+                                           for seed, s in sorted(seeds.items())])]
+    atomic_write_text("\n".join(lines) + "\n", out)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--results", default="docs/results_family")
+    p.add_argument("--out", default="docs/results_family.md")
+    p.add_argument("--command", default="")
+    args = p.parse_args(argv)
+    print(f"report written to {write_family_report(Path(args.results), Path(args.out), args.command)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,80 @@
+"""The family study (issue 16): the arms, the gap-closed measure by hand, the report from
+hand-made summaries, and `make compare-mini DRY_RUN=1` end to end."""
+import json
+
+import pytest
+
+from iadet.tools.family_report import gap_closed, write_family_report
+from iadet.tools.study_family import EVAL_VARIANTS, VARIANT_BASES, arms_of, main, plan, variant_run
+
+
+def test_the_arms_of_the_issue_and_atss_on_the_chosen_one():
+    names = [a.name for a in arms_of("iou_aware")]
+    assert names == ["retinanet", "iou_aware", "iou_aware_grad", "aligned", "aligned_grad", "centerness", "qfl", "vfl",
+                     "atss_iou_aware"]
+    atss = arms_of("vfl")[-1]
+    assert atss.name == "atss_vfl" and atss.config == "configs/mini/family/vfl.yaml"
+    assert atss.opts == ("model.assigner.type=atss",)
+    with pytest.raises(ValueError, match="--atss-with"):
+        arms_of("gfl")
+    with pytest.raises(ValueError, match="--arms"):
+        arms_of("iou_aware", ["gfl"])
+    runs = plan([0, 1], arms_of("iou_aware"))
+    assert [r.seed for r in runs[:9]] == [0] * 9 and all(r.curve == (r.seed == 0) for r in runs)
+    variant = variant_run(runs[1], "iou_guided_nms")
+    assert variant.name == "iou_aware_iou_guided_nms_seed0" and variant.arm.opts[-1] == "model.test.alpha=1.0"
+    assert set(VARIANT_BASES) == {"iou_aware", "iou_aware_grad"} and set(EVAL_VARIANTS) == {"soft_nms", "iou_guided_nms"}
+
+
+def _summary(arm, seed, ap, ap1, truth, ap90=5.0, estimate="quality branch"):
+    sweep = [{"iou_source": "predicted", "alpha": "1", "AP": ap1, "AP90": ap90},
+             {"iou_source": "predicted", "alpha": "0.5", "AP": ap, "AP90": ap90},
+             {"iou_source": "truth", "alpha": "0.5", "AP": truth, "AP90": ap90 + 10}]
+    return {"run": f"{arm}_seed{seed}", "arm": arm, "seed": seed, "regime": "paper", "role": "family",
+            "cpu": "test CPU", "train_seconds": 60.0, "eval_seconds": 6.0, "pretrained_sha256": "f" * 64,
+            "metrics": {"AP": ap, "AP50": 70.0, "AP75": ap, "AP90": ap90, "num_images": 1000},
+            "alpha_sweep": sweep, "calibration": {"mae": 0.1, "pearson": 0.5}, "calibration_estimate": estimate,
+            "confidence_vs_iou_eval": [{"panel": "Eq. 7, predicted IoU, α=0.5", "pearson": 0.4, "spearman": 0.45}]}
+
+
+def test_gap_closed_by_hand():
+    # estimate 42, class score alone 40, IoU_truth 50: (42 - 40) / (50 - 40) = 0.2
+    assert gap_closed(_summary("iou_aware", 0, 42.0, 40.0, 50.0)) == pytest.approx(0.2)
+    assert gap_closed(_summary("qfl", 0, 42.0, 42.0, 50.0, estimate="class score")) is None
+    no_truth = _summary("retinanet", 0, 40.0, 40.0, 50.0)
+    no_truth["alpha_sweep"] = []
+    assert gap_closed(no_truth) is None
+
+
+def test_report_from_hand_made_summaries(tmp_path):
+    runs = tmp_path / "results" / "runs"
+    runs.mkdir(parents=True)
+    for seed, noise in enumerate((0.1, -0.2, 0.05, 0.15, -0.1)):
+        for arm, ap, estimate in (("retinanet", 40.0, "class score"), ("iou_aware", 41.0, "quality branch"),
+                                  ("qfl", 40.5, "class score")):
+            s = _summary(arm, seed, ap + noise, 40.0 + noise, 50.0 + noise, estimate=estimate)
+            (runs / f"{arm}_seed{seed}.json").write_text(json.dumps(s))
+    text = write_family_report(tmp_path / "results", tmp_path / "family.md").read_text()
+    assert "| iou_aware | 5 |" in text and "+1.00 [" in text  # ΔAP vs RetinaNet, exact per seed
+    assert "| iou_aware | quality branch | +0.10 [" in text  # gap closed (41 - 40) / (50 - 40)
+    assert "| qfl | class score | – (no separate estimate)" in text
+    assert "Ranked by the paired AP difference against RetinaNet: iou_aware (+1.00" in text
+    assert (tmp_path / "images" / "family_ap_vs_ap90.png").is_file()
+
+
+def test_dry_run_runs_the_whole_family_study(tmp_path, monkeypatch):
+    """`make compare-mini DRY_RUN=1`: every arm, the evaluation-time variants, the report; a
+    second call redoes nothing."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    work = tmp_path / "work"
+    assert main(["--dry-run", "--seeds", "0", "--work-dir", str(work)]) == 0
+    names = sorted(p.stem for p in (work / "results" / "runs").glob("*.json"))
+    assert len(names) == 9 + 4 and "iou_aware_grad_soft_nms_seed0" in names and "atss_iou_aware_seed0" in names
+    variant = json.loads((work / "results" / "runs" / "iou_aware_iou_guided_nms_seed0.json").read_text())
+    assert variant["evaluates"] == "iou_aware_seed0" and variant["train_seconds"] == 0.0
+    assert "model.test.nms=iou_guided" in variant["opts"]
+    report = (work / "results" / "report.md").read_text()
+    assert "Dry run" in report and "IoU_truth gap" in report and "Reading" in report
+    before = {p: p.stat().st_mtime_ns for p in (work / "results" / "runs").glob("*.json")}
+    assert main(["--dry-run", "--seeds", "0", "--work-dir", str(work)]) == 0
+    assert before == {p: p.stat().st_mtime_ns for p in (work / "results" / "runs").glob("*.json")}
