@@ -13,7 +13,6 @@ IoU-aware (plain and †), centerness, RetinaNet + QFL, RetinaNet + VFL, and ATS
 :mod:`iadet.tools.family_report`) is generated from them.
 """
 import argparse
-import json
 import re
 import shlex
 import shutil
@@ -23,9 +22,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from iadet.tools.study_mini import (ARM_BY_NAME, DRY_RUN_OPTS, DRY_RUN_PRETRAIN, REPO, Arm, StudyRun,
-                                    config_fingerprint, evaluate_checkpoint, metric_fields, parse_seeds, run_one,
-                                    summary_head, summary_is_current, write_summary)
+from iadet.tools.study_mini import (ARM_BY_NAME, Arm, StudyRun, config_fingerprint, evaluate_checkpoint, metric_fields,
+                                    parse_seeds, prepare_study, run_one, summary_head, summary_is_current,
+                                    write_summary)
 
 FAMILY_ARMS = (
     ARM_BY_NAME["retinanet"], ARM_BY_NAME["iou_aware"], ARM_BY_NAME["iou_aware_grad"],
@@ -102,31 +101,16 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    from iadet.io import atomic_write_text
     from iadet.tools.family_report import write_family_report
-    from iadet.tools.pretrain_shapes import pretrain
 
     args = parse_args(argv)
-    suffix = "_dry_run" if args.dry_run else ""
-    work = Path(args.work_dir or REPO / f"work_dirs/compare_mini{suffix}").resolve()
-    results = Path(args.results_dir or (work / "results" if args.dry_run else REPO / "docs/results_family")).resolve()
-    report = Path(args.report or (results / "report.md" if args.dry_run else REPO / "docs/results_family.md"))
     try:
         arms = arms_of(args.atss_with, [a for a in re.split(r"[,\s]+", args.arms or "") if a] or None)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    work.mkdir(parents=True, exist_ok=True)
-    (results / "runs").mkdir(parents=True, exist_ok=True)
-    opts: List[str] = []
-    pretrained_path = Path(args.pretrained)
-    if args.dry_run:
-        opts = DRY_RUN_OPTS + [f"data.synthetic.cache_dir={work / 'data'}"]
-        pretrained_path = work / "pretrained" / "resnet18_shapes_dry_run.pth"
-    pretrained_path = pretrained_path if pretrained_path.is_absolute() else REPO / pretrained_path
-    record = pretrain(pretrained_path, progress=not args.dry_run, **(DRY_RUN_PRETRAIN if args.dry_run else {}))
-    pretrained = {"path": str(pretrained_path), "sha256": record["sha256"]}
-    atomic_write_text(json.dumps(record, indent=1), results / "pretrained.json")
+    work, results, report, opts, pretrained = prepare_study(args, "compare_mini", "docs/results_family",
+                                                            "docs/results_family.md")
     command = "python -m iadet.tools.reproduce family " + " ".join(shlex.quote(a) for a in (argv or sys.argv[2:]))
     runs = plan(parse_seeds(args.seeds), arms)
     for i, run in enumerate(runs):

@@ -264,24 +264,15 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def main(argv=None) -> int:
+def prepare_study(args, name: str, results_default: str, report_default: str):
+    """The folders, dry-run overrides and pretrained start of a study (this one or the family's):
+    ``(work, results, report, opts, pretrained)``; the pretraining is made when not cached."""
     from iadet.tools.pretrain_shapes import pretrain
-    from iadet.tools.study_report import write_study_report
 
-    args = parse_args(argv)
     suffix = "_dry_run" if args.dry_run else ""
-    work = Path(args.work_dir or REPO / f"work_dirs/reproduce_mini{suffix}").resolve()
-    results = Path(args.results_dir or (work / "results" if args.dry_run else REPO / "docs/results_mini")).resolve()
-    report = Path(args.report or (results / "report.md" if args.dry_run else REPO / "docs/results_mini.md"))
-    arms = ARMS
-    if args.arms:
-        names = [a for a in re.split(r"[,\s]+", args.arms.strip()) if a]
-        unknown = [a for a in names if a not in ARM_BY_NAME]
-        if unknown:
-            print(f"error: --arms: unknown {', '.join(unknown)}; choose from {', '.join(ARM_BY_NAME)}", file=sys.stderr)
-            return 2
-        arms = tuple(a for a in ARMS if a.name in names)
-    runs = plan(parse_seeds(args.seeds), parse_seeds(args.control_seeds), arms)
+    work = Path(args.work_dir or REPO / f"work_dirs/{name}{suffix}").resolve()
+    results = Path(args.results_dir or (work / "results" if args.dry_run else REPO / results_default)).resolve()
+    report = Path(args.report or (results / "report.md" if args.dry_run else REPO / report_default))
     work.mkdir(parents=True, exist_ok=True)
     (results / "runs").mkdir(parents=True, exist_ok=True)
     opts: List[str] = []
@@ -291,8 +282,25 @@ def main(argv=None) -> int:
         pretrained_path = work / "pretrained" / "resnet18_shapes_dry_run.pth"
     pretrained_path = (pretrained_path if pretrained_path.is_absolute() else REPO / pretrained_path)
     record = pretrain(pretrained_path, progress=not args.dry_run, **(DRY_RUN_PRETRAIN if args.dry_run else {}))
-    pretrained = {"path": str(pretrained_path), "sha256": record["sha256"]}
     atomic_write_text(json.dumps(record, indent=1), results / "pretrained.json")
+    return work, results, report, opts, {"path": str(pretrained_path), "sha256": record["sha256"]}
+
+
+def main(argv=None) -> int:
+    from iadet.tools.study_report import write_study_report
+
+    args = parse_args(argv)
+    arms = ARMS
+    if args.arms:
+        names = [a for a in re.split(r"[,\s]+", args.arms.strip()) if a]
+        unknown = [a for a in names if a not in ARM_BY_NAME]
+        if unknown:
+            print(f"error: --arms: unknown {', '.join(unknown)}; choose from {', '.join(ARM_BY_NAME)}", file=sys.stderr)
+            return 2
+        arms = tuple(a for a in ARMS if a.name in names)
+    runs = plan(parse_seeds(args.seeds), parse_seeds(args.control_seeds), arms)
+    work, results, report, opts, pretrained = prepare_study(args, "reproduce_mini", "docs/results_mini",
+                                                            "docs/results_mini.md")
     command = "python -m iadet.tools.reproduce mini " + " ".join(shlex.quote(a) for a in (argv or sys.argv[2:]))
     if args.pilot:
         run = StudyRun(arms[0], parse_seeds(args.seeds)[0], curve=True)
