@@ -71,7 +71,7 @@ def test_dry_run_runs_the_whole_family_study(tmp_path, monkeypatch):
     names = sorted(p.stem for p in (work / "results" / "runs").glob("*.json"))
     assert len(names) == 9 + 4 and "iou_aware_grad_soft_nms_seed0" in names and "atss_iou_aware_seed0" in names
     variant = json.loads((work / "results" / "runs" / "iou_aware_iou_guided_nms_seed0.json").read_text())
-    assert variant["evaluates"] == "iou_aware_seed0" and variant["train_seconds"] == 0.0
+    assert variant["evaluates"] == "iou_aware_seed0" and variant["learning_curve"] == []  # evaluated, not trained
     assert "model.test.nms=iou_guided" in variant["opts"]
     report = (work / "results" / "report.md").read_text()
     assert "Dry run" in report and "IoU_truth gap" in report and "Reading" in report
