@@ -115,7 +115,7 @@ def main(argv=None) -> int:
     runs = plan(parse_seeds(args.seeds), arms)
     for i, run in enumerate(runs):
         summary = results / "runs" / f"{run.name}.json"
-        current = summary_is_current(summary, config_fingerprint(run, opts), pretrained["sha256"])
+        current = summary_is_current(summary, config_fingerprint(run, opts), pretrained["sha256"], work / run.name)
         variants = [v for v in EVAL_VARIANTS if run.arm.name in VARIANT_BASES]
         pending = [v for v in variants if not summary_is_current(
             results / "runs" / f"{variant_run(run, v).name}.json",

@@ -150,29 +150,88 @@ def git_commit() -> Optional[str]:
         return None
 
 
-def config_fingerprint(run: StudyRun, opts: List[str]) -> str:
-    """sha256 of the run's resolved config (file + overrides), without the paths that differ
-    between machines: a summary made with another config (a changed schedule, say) is stale."""
+# Settings that name a place on one machine or only decide when the trainer evaluates.
+_NOT_FINGERPRINTED = (("model", "backbone", "init"), ("data", "synthetic", "cache_dir"), ("train", "eval_interval"),
+                      ("train", "final_eval"))
+
+
+def _changed_settings(cfg: Dict, defaults: Dict) -> Dict:
+    """The part of ``cfg`` that differs from ``defaults`` (nested dicts compared key by key)."""
+    changed = {}
+    for key, value in cfg.items():
+        default = defaults.get(key)
+        if isinstance(value, dict) and isinstance(default, dict):
+            value = _changed_settings(value, default)
+            if value:
+                changed[key] = value
+        elif value != default or key not in defaults:
+            changed[key] = value
+    return changed
+
+
+def settings_fingerprint(cfg) -> str:
+    """sha256 of the settings of a resolved Config that differ from the schema defaults.
+
+    Paths of one machine and the trainer's evaluation timing are left out. Hashing the
+    difference from the defaults keeps a summary current when a later version adds a
+    setting at a default that reproduces the old behaviour; a changed schedule, loss or
+    default value makes it stale."""
     import hashlib
 
     from iadet.config import config_to_dict, load_config
-    cfg = config_to_dict(load_config(REPO / run.arm.config, [f"train.seed={run.seed}", *run.arm.opts] + opts))
-    cfg["model"]["backbone"].pop("init", None)
-    cfg["data"]["synthetic"].pop("cache_dir", None)
-    cfg["train"].pop("eval_interval", None)
-    cfg["train"].pop("final_eval", None)
-    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()
+    tree, defaults = config_to_dict(cfg), config_to_dict(load_config(None))
+    for section, *rest in _NOT_FINGERPRINTED:
+        node = tree[section]
+        for key in rest[:-1]:
+            node = node[key]
+        node.pop(rest[-1], None)
+    changed = _changed_settings(tree, defaults)
+    return hashlib.sha256(json.dumps(changed, sort_keys=True).encode()).hexdigest()
 
 
-def summary_is_current(path: Path, fingerprint: str, pretrained_sha256: Optional[str]) -> bool:
+def config_fingerprint(run: StudyRun, opts: List[str]) -> str:
+    """The fingerprint of a study run's config (its file, seed, arm options and ``opts``)."""
+    from iadet.config import load_config
+    return settings_fingerprint(load_config(REPO / run.arm.config, [f"train.seed={run.seed}", *run.arm.opts] + opts))
+
+
+def _run_folder_fingerprint(folder: Path, summary: Dict) -> Optional[str]:
+    """The fingerprint of the config a run folder recorded (``config.yaml``), when the folder is
+    the one that made ``summary`` (its last training record has the summary's losses)."""
+    from iadet.config import ConfigError, load_config
+    try:
+        last = _last_train_record(folder / "metrics.jsonl")
+        if not last or {k: v for k, v in last.items() if k.startswith("loss")} != summary.get("final_losses"):
+            return None
+        return settings_fingerprint(load_config(folder / "config.yaml"))
+    except (OSError, ValueError, ConfigError):
+        return None
+
+
+def summary_is_current(path: Path, fingerprint: str, pretrained_sha256: Optional[str],
+                       run_folder: Optional[Path] = None) -> bool:
     """The summary was made with this config and, in the paper regime, this pretrained start
     (``pretrained_sha256``; None for the scratch regime). A pretraining made on another CPU
-    differs in its last bits: its runs would not pair with this machine's, so they are redone."""
+    differs in its last bits: its runs would not pair with this machine's, so they are redone.
+
+    A summary whose stored fingerprint was computed another way (an older version of this
+    tool) is still current when ``run_folder``, the folder that made it, recorded a config
+    with this fingerprint; the summary's fingerprint is then rewritten in today's form."""
     try:
         summary = json.loads(path.read_text())
     except (OSError, ValueError):
         return False
-    return summary.get("config_sha256") == fingerprint and summary.get("pretrained_sha256") == pretrained_sha256
+    if summary.get("pretrained_sha256") != pretrained_sha256:
+        return False
+    if summary.get("config_sha256") == fingerprint:
+        return True
+    if run_folder is None or _run_folder_fingerprint(run_folder, summary) != fingerprint:
+        return False
+    summary["config_sha256_before"] = summary.get("config_sha256")
+    summary["config_sha256"] = fingerprint
+    summary["config_sha256_from"] = str(run_folder / "config.yaml")
+    write_summary(summary, path.parent)
+    return True
 
 
 def run_one(run: StudyRun, work: Path, results: Path, opts: List[str], pretrained: Dict,
@@ -313,7 +372,7 @@ def main(argv=None) -> int:
     for i, run in enumerate(runs):
         summary = results / "runs" / f"{run.name}.json"
         sha = pretrained["sha256"] if run.arm.regime == "paper" else None
-        if summary_is_current(summary, config_fingerprint(run, opts), sha):
+        if summary_is_current(summary, config_fingerprint(run, opts), sha, work / run.name):
             print(f"[{i + 1}/{len(runs)}] {run.name}: summary exists, not redone")
             continue
         if summary.is_file():
