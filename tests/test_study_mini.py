@@ -184,6 +184,49 @@ def test_a_summary_made_with_another_config_is_stale(tmp_path):
     assert not summary_is_current(tmp_path / "absent.json", current, "a" * 64)
 
 
+def test_the_fingerprint_ignores_a_setting_added_later_at_its_default(tmp_path):
+    import yaml
+
+    from iadet.config import dump_config, load_config
+    from iadet.tools.study_mini import REPO, settings_fingerprint
+    run = plan([0], [0])[1]
+    cfg = load_config(REPO / run.arm.config, ["train.seed=0"])
+    dump_config(cfg, tmp_path / "config.yaml")
+    tree = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    del tree["model"]["test"]["nms"]  # a config written before the setting existed
+    (tmp_path / "older.yaml").write_text(yaml.safe_dump(tree))
+    assert settings_fingerprint(load_config(tmp_path / "older.yaml")) == settings_fingerprint(cfg)
+    tree["model"]["test"]["nms"] = "soft_linear"  # the setting changed: another fingerprint
+    (tmp_path / "changed.yaml").write_text(yaml.safe_dump(tree))
+    assert settings_fingerprint(load_config(tmp_path / "changed.yaml")) != settings_fingerprint(cfg)
+
+
+def test_an_older_summary_is_kept_when_its_run_folder_recorded_the_same_config(tmp_path):
+    from iadet.config import dump_config, load_config
+    from iadet.tools.study_mini import REPO, config_fingerprint, summary_is_current
+    run = plan([0], [0])[1]
+    folder = tmp_path / "work" / run.name
+    folder.mkdir(parents=True)
+    dump_config(load_config(REPO / run.arm.config, ["train.seed=0", "model.backbone.init=/a/b.pth"]),
+                folder / "config.yaml")
+    (folder / "metrics.jsonl").write_text(json.dumps({"mode": "train", "iteration": 900, "loss": 0.5}) + "\n")
+    path = tmp_path / "results" / f"{run.name}.json"
+    path.parent.mkdir()
+    older = {"run": run.name, "config_sha256": "old" * 21, "pretrained_sha256": "a" * 64, "final_losses": {"loss": 0.5}}
+    path.write_text(json.dumps(older))
+    current = config_fingerprint(run, [])
+    assert not summary_is_current(path, current, "a" * 64)  # no run folder to check it by
+    assert not summary_is_current(path, current, "b" * 64, folder)  # another pretrained start
+    assert not summary_is_current(path, config_fingerprint(run, ["train.max_iters=601"]), "a" * 64, folder)
+    (folder / "metrics.jsonl").write_text(json.dumps({"mode": "train", "iteration": 900, "loss": 0.7}) + "\n")
+    assert not summary_is_current(path, current, "a" * 64, folder)  # the folder was trained again since
+    (folder / "metrics.jsonl").write_text(json.dumps({"mode": "train", "iteration": 900, "loss": 0.5}) + "\n")
+    assert summary_is_current(path, current, "a" * 64, folder)
+    rewritten = json.loads(path.read_text())
+    assert rewritten["config_sha256"] == current and rewritten["config_sha256_before"] == "old" * 21
+    assert summary_is_current(path, current, "a" * 64)  # from now on without the folder
+
+
 def test_pilot_rows_compare_with_the_study_run_of_the_same_start(tmp_path):
     runs, pilots = tmp_path / "results" / "runs", tmp_path / "results" / "pilot"
     runs.mkdir(parents=True)

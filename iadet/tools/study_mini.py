@@ -376,7 +376,7 @@ def main(argv=None) -> int:
             print(f"[{i + 1}/{len(runs)}] {run.name}: summary exists, not redone")
             continue
         if summary.is_file():
-            print(f"[{i + 1}/{len(runs)}] {run.name}: its summary was made with another config or pretrained start: redone")
+            print(f"[{i + 1}/{len(runs)}] {run.name}: its summary does not match this config and pretrained start: redone")
             shutil.rmtree(work / run.name, ignore_errors=True)  # never resume a checkpoint of the old config
         print(f"[{i + 1}/{len(runs)}] {run.name}", flush=True)
         run_one(run, work, results, opts, pretrained)
