@@ -78,3 +78,28 @@ def test_dry_run_runs_the_whole_family_study(tmp_path, monkeypatch):
     before = {p: p.stat().st_mtime_ns for p in (work / "results" / "runs").glob("*.json")}
     assert main(["--dry-run", "--seeds", "0", "--work-dir", str(work)]) == 0
     assert before == {p: p.stat().st_mtime_ns for p in (work / "results" / "runs").glob("*.json")}
+
+
+def test_runs_shared_with_the_study_of_the_paper_claim_are_taken_over(tmp_path, monkeypatch):
+    """RetinaNet and IoU-aware are the same runs in both studies (same config and pretrained
+    start): their summaries are copied and the variants evaluate that study's checkpoints."""
+    from iadet.tools import study_mini
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    mini, family = tmp_path / "mini", tmp_path / "family"
+    assert study_mini.main(["--dry-run", "--seeds", "0", "--control-seeds", "", "--arms", "retinanet,iou_aware",
+                            "--work-dir", str(mini)]) == 0
+    args = ["--dry-run", "--seeds", "0", "--arms", "retinanet,iou_aware,centerness", "--work-dir", str(family),
+            "--reuse", str(mini / "results"), "--reuse-work", str(mini)]
+    assert main(args) == 0
+    runs = family / "results" / "runs"
+    for name in ("retinanet_seed0", "iou_aware_seed0"):
+        taken = json.loads((runs / f"{name}.json").read_text())
+        assert taken["taken_over_from"] == str(mini / "results" / "runs" / f"{name}.json")
+        assert taken["metrics"] == json.loads((mini / "results" / "runs" / f"{name}.json").read_text())["metrics"]
+        assert not (family / name / "latest.pth").exists()  # not trained again
+    assert "taken_over_from" not in json.loads((runs / "centerness_seed0.json").read_text())
+    assert (runs / "iou_aware_soft_nms_seed0.json").is_file() and (family / "iou_aware_seed0" / "eval_soft_nms").is_dir()
+    # without the other study's checkpoint a variant trains the run again (same model on one CPU type)
+    (runs / "iou_aware_soft_nms_seed0.json").unlink()
+    assert main(args[:-2] + ["--reuse-work", str(tmp_path / "absent")]) == 0
+    assert (family / "iou_aware_seed0" / "latest.pth").is_file() and (runs / "iou_aware_soft_nms_seed0.json").is_file()

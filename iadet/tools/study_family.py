@@ -13,6 +13,7 @@ IoU-aware (plain and †), centerness, RetinaNet + QFL, RetinaNet + VFL, and ATS
 :mod:`iadet.tools.family_report`) is generated from them.
 """
 import argparse
+import json
 import re
 import shlex
 import shutil
@@ -22,9 +23,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from iadet.tools.study_mini import (ARM_BY_NAME, Arm, StudyRun, config_fingerprint, evaluate_checkpoint, metric_fields,
-                                    parse_seeds, prepare_study, run_one, summary_head, summary_is_current,
-                                    write_summary)
+from iadet.tools.study_mini import (ARM_BY_NAME, REPO, Arm, StudyRun, config_fingerprint, folder_made,
+                                    evaluate_checkpoint, metric_fields, parse_seeds, prepare_study, run_one,
+                                    summary_head, summary_is_current, write_summary)
 
 FAMILY_ARMS = (
     ARM_BY_NAME["retinanet"], ARM_BY_NAME["iou_aware"], ARM_BY_NAME["iou_aware_grad"],
@@ -70,21 +71,46 @@ def variant_run(base: StudyRun, variant: str) -> StudyRun:
     return StudyRun(arm, base.seed, curve=False)
 
 
-def evaluate_variant(base: StudyRun, variant: str, work: Path, results: Path, opts: List[str],
+def evaluate_variant(base: StudyRun, variant: str, checkpoint: Path, work: Path, results: Path, opts: List[str],
                      pretrained: Dict) -> Dict:
-    """Re-evaluate ``base``'s checkpoint with the variant's suppression; its summary."""
+    """Re-evaluate ``base``'s ``checkpoint`` with the variant's suppression; its summary."""
     run = variant_run(base, variant)
     run_opts = [f"train.seed={run.seed}", *run.arm.opts, *opts]
     if run.arm.regime == "paper":
         run_opts.append(f"model.backbone.init={pretrained['path']}")
     t0 = time.time()
-    metrics = evaluate_checkpoint(run, work / base.name / "latest.pth", work / base.name / f"eval_{variant}",
+    metrics = evaluate_checkpoint(run, checkpoint, work / base.name / f"eval_{variant}",
                                   run_opts, work / "commands.txt")
     summary = {**summary_head(run, run_opts, config_fingerprint(run, opts), pretrained), "evaluates": base.name,
                "train_seconds": 0.0, "eval_seconds": round(time.time() - t0, 1), "resumed": False,
                **metric_fields(metrics), "learning_curve": []}
     write_summary(summary, results / "runs")
     return summary
+
+
+def _repo_path(path: str) -> Path:
+    return Path(path) if Path(path).is_absolute() else REPO / path
+
+
+def take_over(source: Path, target: Path, fingerprint: str, pretrained_sha256: str) -> bool:
+    """Copy the study of the paper's claim's summary of the same run (same config fingerprint
+    and pretrained start, hence on one CPU type the same model) instead of training it again."""
+    if not summary_is_current(source, fingerprint, pretrained_sha256):
+        return False
+    summary = json.loads(source.read_text())
+    summary["taken_over_from"] = str(source)
+    write_summary(summary, target.parent)
+    return True
+
+
+def checkpoint_of(summary_path: Path, folders: List[Path]) -> Optional[Path]:
+    """The ``latest.pth`` of the first run folder that made this summary (its last training
+    record has the summary's losses), or None: the run must be trained again."""
+    summary = json.loads(summary_path.read_text())
+    for folder in folders:
+        if (folder / "latest.pth").is_file() and folder_made(folder, summary):
+            return folder / "latest.pth"
+    return None
 
 
 def parse_args(argv=None):
@@ -96,6 +122,11 @@ def parse_args(argv=None):
     p.add_argument("--results-dir", default=None, help="summaries (default docs/results_family)")
     p.add_argument("--report", default=None, help="the report (default docs/results_family.md)")
     p.add_argument("--pretrained", default="data/pretrained/resnet18_shapes.pth", help="the pretrained start")
+    p.add_argument("--reuse", default="docs/results_mini",
+                   help="summaries of the study of the paper's claim: its RetinaNet and IoU-aware runs with "
+                        "this config and pretrained start are taken over, not retrained ('none': retrain)")
+    p.add_argument("--reuse-work", default="work_dirs/reproduce_mini",
+                   help="that study's run folders: their checkpoints serve the Soft-NMS / IoU-guided NMS variants")
     p.add_argument("--dry-run", action="store_true", help="2 iterations at 96 px on a tiny set: tests the pipeline")
     return p.parse_args(argv)
 
@@ -113,9 +144,13 @@ def main(argv=None) -> int:
                                                             "docs/results_family.md")
     command = "python -m iadet.tools.reproduce family " + " ".join(shlex.quote(a) for a in (argv or sys.argv[2:]))
     runs = plan(parse_seeds(args.seeds), arms)
+    reuse = None if args.reuse == "none" else _repo_path(args.reuse)
     for i, run in enumerate(runs):
         summary = results / "runs" / f"{run.name}.json"
-        current = summary_is_current(summary, config_fingerprint(run, opts), pretrained["sha256"], work / run.name)
+        fingerprint = config_fingerprint(run, opts)
+        current = summary_is_current(summary, fingerprint, pretrained["sha256"], work / run.name)
+        if not current and reuse is not None and run.arm.role != "family":
+            current = take_over(reuse / "runs" / f"{run.name}.json", summary, fingerprint, pretrained["sha256"])
         variants = [v for v in EVAL_VARIANTS if run.arm.name in VARIANT_BASES]
         pending = [v for v in variants if not summary_is_current(
             results / "runs" / f"{variant_run(run, v).name}.json",
@@ -125,13 +160,15 @@ def main(argv=None) -> int:
             continue
         if not current and summary.is_file():
             shutil.rmtree(work / run.name, ignore_errors=True)  # never resume a checkpoint of another config
-        # a variant needs the checkpoint: a run finished in an earlier session is trained again
-        # (deterministic on one CPU type, so the same model)
         print(f"[{i + 1}/{len(runs)}] {run.name}", flush=True)
-        if not current or not (work / run.name / "latest.pth").is_file():
+        checkpoint = checkpoint_of(summary, [work / run.name, _repo_path(args.reuse_work) / run.name]) if current else None
+        if checkpoint is None:
+            # a variant needs the checkpoint: a run finished in an earlier session is trained
+            # again (deterministic on one CPU type, so the same model)
             run_one(run, work, results, opts, pretrained)
+            checkpoint = work / run.name / "latest.pth"
         for variant in pending:
-            evaluate_variant(run, variant, work, results, opts, pretrained)
+            evaluate_variant(run, variant, checkpoint, work, results, opts, pretrained)
         write_family_report(results, report, command=command, dry_run=args.dry_run)
     path = write_family_report(results, report, command=command, dry_run=args.dry_run)
     print(f"\nreport written to {path}")

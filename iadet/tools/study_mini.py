@@ -132,6 +132,13 @@ def learning_curve(metrics_jsonl: Path) -> List[Dict]:
     return [points[k] for k in sorted(points)]
 
 
+def folder_made(folder: Path, summary: Dict) -> bool:
+    """``folder`` is the run folder that made ``summary``: its last training record has the
+    summary's losses (a folder trained again since, or never, has others)."""
+    last = _last_train_record(folder / "metrics.jsonl")
+    return bool(last) and {k: v for k, v in last.items() if k.startswith("loss")} == summary.get("final_losses")
+
+
 def _last_train_record(metrics_jsonl: Path) -> Dict:
     last = {}
     if metrics_jsonl.is_file():
@@ -200,8 +207,7 @@ def _run_folder_fingerprint(folder: Path, summary: Dict) -> Optional[str]:
     the one that made ``summary`` (its last training record has the summary's losses)."""
     from iadet.config import ConfigError, load_config
     try:
-        last = _last_train_record(folder / "metrics.jsonl")
-        if not last or {k: v for k, v in last.items() if k.startswith("loss")} != summary.get("final_losses"):
+        if not folder_made(folder, summary):
             return None
         return settings_fingerprint(load_config(folder / "config.yaml"))
     except (OSError, ValueError, ConfigError):
