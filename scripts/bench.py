@@ -31,6 +31,8 @@ Rows (``--only``, comma-separated; default all but the diagnostic ``fast_paths``
   family        each option of configs/family/ (issue 15: QFL, VFL, centerness, ATSS, the aligned
                 IoU branch, Soft-NMS, IoU-guided NMS) against the paper's IoU-aware RetinaNet:
                 whole predict, and a training step for the trained options (bench_rows_family.py).
+  deform_sampling  the aligned branch's deformable conv (one level, forward + backward): iadet's
+                gather form, its CPU path, vs ``torchvision.ops.deform_conv2d``; same values.
   train_memory  peak memory of one training step (CPU: each side in a fresh subprocess, peak
                 RSS above the RSS before the step; CUDA: ``max_memory_allocated``).
   fast_paths    iadet inference variants against plain iadet: inference_mode, folded BN,
@@ -80,7 +82,7 @@ from bench_rows_training import TrainingRows, memory_child  # noqa: E402
 
 ALL_ROWS = ("r50_fp32", "r50_fp32_fast", "r50_bf16", "r50_bf16_fast", "bf16_ap", "postprocess", "nms",
             "train_step", "train_step_fast", "loss", "coco_eval", "iou_branch", "train_memory", "family",
-            "fast_paths", "profile")
+            "deform_sampling", "fast_paths", "profile")
 
 # diagnostic rows, not run by default (``--only all`` or naming them runs them): they add ~2.5 min
 DIAGNOSTIC_ROWS = ("fast_paths", "profile")

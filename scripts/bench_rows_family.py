@@ -12,8 +12,11 @@ import torch
 
 import iadet
 from iadet.builder import build_criterion
+from iadet.models.feature_alignment import AlignedIoUPredictor
 
 from iadet.tools.reproduce import FAMILY, FAMILY_BASE
+
+from torchvision.ops import deform_conv2d
 
 from bench_common import REPO, alternate, make_row
 from bench_rows_training import sgd_step
@@ -88,3 +91,34 @@ class FamilyRows:
             self.rows.append(make_row(f"family_train_{method}", f"{method}: training step, batch {self.train_batch} "
                                       f"at {self.train_size}x{self.train_size}", times["option"], times["base"],
                                       FAMILY_BASE[method], None, "same images and boxes"))
+
+    def row_deform_sampling(self):
+        """The aligned branch's deformable conv, forward + backward of one level: iadet's
+        gather form (``iadet.models.deform_sampling``, its CPU path) against
+        ``torchvision.ops.deform_conv2d`` on the feature repeated for the A anchors."""
+        sizes = {"r50_p3": (self.train_batch, 256, self.train_size // 8), "mini_p3": (8, 64, 20)}
+        for name, (n, c, side) in sizes.items():
+            torch.manual_seed(0)
+            m = AlignedIoUPredictor(c, num_anchors=9).to(self.device)
+            feature = torch.randn(n, c, side, side, device=self.device, requires_grad=True)
+            deltas = torch.randn(n, 36, side, side, device=self.device)
+            offsets = m.offsets(deltas)
+
+            def ours():
+                out = m.aligned_features(feature, deltas)
+                grads = torch.autograd.grad(out.square().sum(), (feature, m.deform_weight))
+                return out.detach(), grads
+
+            def theirs():
+                rep = feature.unsqueeze(1).expand(n, 9, c, side, side).reshape(n * 9, c, side, side)
+                out = torch.relu(deform_conv2d(rep, offsets, m.deform_weight, m.deform_bias, padding=(1, 1)))
+                grads = torch.autograd.grad(out.square().sum(), (feature, m.deform_weight))
+                return out.detach(), grads
+
+            times, results = alternate({"ours": ours, "theirs": theirs}, min(self.args.repeats, 3), self.device)
+            (o1, g1), (o2, g2) = results["ours"], results["theirs"]
+            diff = max(((a - b).abs().max() / b.abs().max()).item() for a, b in zip((o1, *g1), (o2, *g2)))
+            self.rows.append(make_row(f"deform_sampling_{name}", f"aligned branch deformable conv, fwd + bwd, "
+                                      f"{n} x {c} x {side}x{side}, 9 anchors", times["ours"], times["theirs"],
+                                      "torchvision.ops.deform_conv2d", None,
+                                      f"max diff of output and gradients {diff:.1e} of their largest value"))

@@ -18,11 +18,16 @@ Offsets follow ``torchvision.ops.deform_conv2d`` (as mmcv's DCNv1): channel
 ``2 * (g * 9 + k)`` is the y offset and ``2 * (g * 9 + k) + 1`` the x offset, in feature
 pixels, of kernel tap ``k = 3 * i + j`` (row i, column j) of offset group g; input channels
 are split into G consecutive groups. ``tests/models/test_feature_alignment.py`` checks the
-sampled positions by hand.
+sampled positions by hand. On CPU the conv runs as
+:func:`iadet.models.deform_sampling.deform_conv2d_gather` (equal to torchvision's kernel,
+``tests/models/test_deform_sampling.py``, and several times faster here: it samples the
+shared feature for the A anchors without repeating it); elsewhere as torchvision's kernel.
 """
 import torch
 from torch import Tensor, nn
 from torchvision.ops import deform_conv2d
+
+from iadet.models.deform_sampling import deform_conv2d_gather
 
 
 class AlignedIoUPredictor(nn.Module):
@@ -62,11 +67,13 @@ class AlignedIoUPredictor(nn.Module):
 
     def aligned_features(self, feature: Tensor, deltas: Tensor) -> Tensor:
         """ReLU(DeformConv(feature, offsets of each anchor)): (N*A, C, H, W)."""
+        offsets = self.offsets(deltas)
+        if feature.device.type == "cpu":
+            return torch.relu(deform_conv2d_gather(feature, offsets, self.deform_weight, self.deform_bias))
         n, c, h, w = feature.shape
         repeated = feature.unsqueeze(1).expand(n, self.num_anchors, c, h, w).reshape(n * self.num_anchors, c, h, w)
         pad = (self.kernel_size - 1) // 2
-        out = deform_conv2d(repeated, self.offsets(deltas), self.deform_weight, self.deform_bias,
-                            padding=(pad, pad))
+        out = deform_conv2d(repeated, offsets, self.deform_weight, self.deform_bias, padding=(pad, pad))
         return torch.relu(out)
 
     def forward(self, feature: Tensor, deltas: Tensor) -> Tensor:
