@@ -103,3 +103,20 @@ def test_runs_shared_with_the_study_of_the_paper_claim_are_taken_over(tmp_path, 
     (runs / "iou_aware_soft_nms_seed0.json").unlink()
     assert main(args[:-2] + ["--reuse-work", str(tmp_path / "absent")]) == 0
     assert (family / "iou_aware_seed0" / "latest.pth").is_file() and (runs / "iou_aware_soft_nms_seed0.json").is_file()
+
+
+def test_seeds_of_another_pretrained_start_are_left_alone(tmp_path, monkeypatch, capsys):
+    """A seed whose runs in the study of the paper's claim come from another CPU type's start
+    is neither taken over nor trained here: its partners would not pair."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    mini = tmp_path / "mini" / "runs"
+    mini.mkdir(parents=True)
+    (mini / "retinanet_seed0.json").write_text(json.dumps(
+        {"run": "retinanet_seed0", "arm": "retinanet", "seed": 0, "cpu": "other CPU", "pretrained_sha256": "e" * 64}))
+    work = tmp_path / "family"
+    assert main(["--dry-run", "--seeds", "0", "--arms", "retinanet,centerness", "--work-dir", str(work),
+                 "--reuse", str(tmp_path / "mini"), "--reuse-work", str(tmp_path / "none")]) == 0
+    out = capsys.readouterr().out
+    assert "every asked seed belongs to another pretrained start" in out
+    assert "centerness_seed0: seed 0 belongs to pretrained start eeeeeeeeeeee (made on other CPU" in out
+    assert not list((work / "results" / "runs").glob("*.json"))

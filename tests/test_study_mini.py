@@ -241,3 +241,48 @@ def test_pilot_rows_compare_with_the_study_run_of_the_same_start(tmp_path):
     assert "| 40.00 | -4.50 |" in row  # the study's 900-iteration-style run against the pilot
     row = next(line for line in text.splitlines() if line.startswith("| pilot1200_iou_aware"))
     assert "| – | – |" in row  # another pretrained start: not compared
+
+
+def test_the_report_names_every_pretrained_start_with_its_record(tmp_path):
+    """One pretraining record per start (another CPU type makes another); the report says which
+    start the study's runs and the pilots used, with where and how long each was made."""
+    from iadet.tools.study_report import write_study_report
+    results = tmp_path / "results"
+    (results / "runs").mkdir(parents=True)
+    (results / "pilot").mkdir()
+    (results / "pretrained").mkdir()
+    for seed in (0, 1):
+        for arm, ap in (("retinanet", 30.0), ("iou_aware", 31.0)):
+            (results / "runs" / f"{arm}_seed{seed}.json").write_text(json.dumps(_summary(arm, seed, ap, 50, 20, 5)))
+    pilot = dict(_summary("pilot900_retinanet", 0, 25.0, 45, 15, 3), role="pilot", iterations=900,
+                 pretrained_sha256="e" * 64)
+    (results / "pilot" / "pilot900_retinanet_seed0.json").write_text(json.dumps(pilot))
+    (results / "pretrained" / ("f" * 12 + ".json")).write_text(json.dumps(
+        {"sha256": "f" * 64, "cpu": "CPU one", "seconds": 150.0, "val_accuracy": 0.943}))
+    (results / "pretrained" / ("e" * 12 + ".json")).write_text(json.dumps(
+        {"sha256": "e" * 64, "cpu": "CPU two", "seconds": 90.0, "val_accuracy": 0.9}))
+    text = write_study_report(results, tmp_path / "report.md").read_text()
+    assert f"study {'f' * 12} (CPU one, 2.5 min, val accuracy 0.943; 4 runs)" in text
+    assert f"pilots {'e' * 12} (CPU two, 1.5 min, val accuracy 0.900; 1 run)" in text
+
+
+def test_seeds_from_another_pretrained_start_are_left_alone(tmp_path, monkeypatch, capsys):
+    """A seed whose runs come from another CPU type's pretrained start is kept as it is (not
+    redone, not overwritten); this machine works on the other seeds."""
+    from iadet.tools.study_starts import foreign_seeds, own_seeds_hint, seed_starts
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    work = tmp_path / "work"
+    runs = work / "results" / "runs"
+    runs.mkdir(parents=True)
+    other = dict(_summary("retinanet", 0, 30.0, 50, 20, 5), pretrained_sha256="e" * 64, cpu="other CPU")
+    (runs / "retinanet_seed0.json").write_text(json.dumps(other))
+    before = (runs / "retinanet_seed0.json").read_text()
+    assert seed_starts([work / "results", None])[0]["sha256"] == "e" * 64
+    assert foreign_seeds([work / "results"], "e" * 64) == {}
+    assert own_seeds_hint(foreign_seeds([work / "results"], "f" * 64), [0]).startswith("every asked seed")
+    assert main(["--dry-run", "--arms", "retinanet", "--seeds", "0 1", "--control-seeds", "0",
+                 "--work-dir", str(work)]) == 0
+    out = capsys.readouterr().out
+    assert "retinanet_seed0: seed 0 belongs to pretrained start eeeeeeeeeeee (made on other CPU" in out
+    assert (runs / "retinanet_seed0.json").read_text() == before
+    assert json.loads((runs / "retinanet_seed1.json").read_text())["pretrained_sha256"] != "e" * 64

@@ -26,6 +26,7 @@ from typing import Dict, List, Optional, Tuple
 from iadet.tools.study_mini import (ARM_BY_NAME, REPO, Arm, StudyRun, config_fingerprint, folder_made,
                                     evaluate_checkpoint, metric_fields, parse_seeds, prepare_study, run_one,
                                     summary_head, summary_is_current, write_summary)
+from iadet.tools.study_starts import foreign_seeds, left_alone_message, own_seeds_hint
 
 FAMILY_ARMS = (
     ARM_BY_NAME["retinanet"], ARM_BY_NAME["iou_aware"], ARM_BY_NAME["iou_aware_grad"],
@@ -122,9 +123,10 @@ def parse_args(argv=None):
     p.add_argument("--results-dir", default=None, help="summaries (default docs/results_family)")
     p.add_argument("--report", default=None, help="the report (default docs/results_family.md)")
     p.add_argument("--pretrained", default="data/pretrained/resnet18_shapes.pth", help="the pretrained start")
-    p.add_argument("--reuse", default="docs/results_mini",
-                   help="summaries of the study of the paper's claim: its RetinaNet and IoU-aware runs with "
-                        "this config and pretrained start are taken over, not retrained ('none': retrain)")
+    p.add_argument("--reuse", default=None,
+                   help="summaries of the study of the paper's claim (default docs/results_mini; a dry run: "
+                        "none): its RetinaNet and IoU-aware runs with this config and pretrained start are taken "
+                        "over, not retrained ('none': retrain)")
     p.add_argument("--reuse-work", default="work_dirs/reproduce_mini",
                    help="that study's run folders: their checkpoints serve the Soft-NMS / IoU-guided NMS variants")
     p.add_argument("--dry-run", action="store_true", help="2 iterations at 96 px on a tiny set: tests the pipeline")
@@ -144,9 +146,18 @@ def main(argv=None) -> int:
                                                             "docs/results_family.md")
     command = "python -m iadet.tools.reproduce family " + " ".join(shlex.quote(a) for a in (argv or sys.argv[2:]))
     runs = plan(parse_seeds(args.seeds), arms)
-    reuse = None if args.reuse == "none" else _repo_path(args.reuse)
+    reuse_arg = args.reuse or ("none" if args.dry_run else "docs/results_mini")
+    reuse = None if reuse_arg == "none" else _repo_path(reuse_arg)
+    foreign = foreign_seeds([results, reuse], pretrained["sha256"])
+    hint = own_seeds_hint(foreign, parse_seeds(args.seeds))
+    if hint:
+        print(hint)
     for i, run in enumerate(runs):
         summary = results / "runs" / f"{run.name}.json"
+        if run.seed in foreign:
+            print(f"[{i + 1}/{len(runs)}] " + left_alone_message(run.name, run.seed, foreign[run.seed],
+                                                                 pretrained["sha256"], results))
+            continue
         fingerprint = config_fingerprint(run, opts)
         current = summary_is_current(summary, fingerprint, pretrained["sha256"], work / run.name)
         if not current and reuse is not None and run.arm.role != "family":

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from iadet.io import atomic_write_text
+from iadet.tools.study_starts import foreign_seeds, left_alone_message, own_seeds_hint
 
 REPO = Path(__file__).resolve().parents[2]
 SWEEP_ALPHAS = "none,1.0,0.9,0.8,0.7,0.6,0.5,0.4,0.3"
@@ -218,7 +219,8 @@ def summary_is_current(path: Path, fingerprint: str, pretrained_sha256: Optional
                        run_folder: Optional[Path] = None) -> bool:
     """The summary was made with this config and, in the paper regime, this pretrained start
     (``pretrained_sha256``; None for the scratch regime). A pretraining made on another CPU
-    differs in its last bits: its runs would not pair with this machine's, so they are redone.
+    type is another start: its runs do not pair with this machine's (the runners leave such
+    seeds alone, :mod:`iadet.tools.study_starts`).
 
     A summary whose stored fingerprint was computed another way (an older version of this
     tool) is still current when ``run_folder``, the folder that made it, recorded a config
@@ -347,7 +349,9 @@ def prepare_study(args, name: str, results_default: str, report_default: str):
         pretrained_path = work / "pretrained" / "resnet18_shapes_dry_run.pth"
     pretrained_path = (pretrained_path if pretrained_path.is_absolute() else REPO / pretrained_path)
     record = pretrain(pretrained_path, progress=not args.dry_run, **(DRY_RUN_PRETRAIN if args.dry_run else {}))
-    atomic_write_text(json.dumps(record, indent=1), results / "pretrained.json")
+    # one record per start: a session on another CPU type makes another start (another sha256)
+    (results / "pretrained").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(json.dumps(record, indent=1), results / "pretrained" / f"{record['sha256'][:12]}.json")
     return work, results, report, opts, {"path": str(pretrained_path), "sha256": record["sha256"]}
 
 
@@ -375,9 +379,16 @@ def main(argv=None) -> int:
         path = write_study_report(results, report, command=command, dry_run=args.dry_run)
         print(f"\nreport written to {path}")
         return 0
+    foreign = foreign_seeds([results], pretrained["sha256"])
+    hint = own_seeds_hint(foreign, parse_seeds(args.seeds))
+    if hint:
+        print(hint)
     for i, run in enumerate(runs):
         summary = results / "runs" / f"{run.name}.json"
         sha = pretrained["sha256"] if run.arm.regime == "paper" else None
+        if sha and run.seed in foreign:
+            print(f"[{i + 1}/{len(runs)}] " + left_alone_message(run.name, run.seed, foreign[run.seed], sha, results))
+            continue
         if summary_is_current(summary, config_fingerprint(run, opts), sha, work / run.name):
             print(f"[{i + 1}/{len(runs)}] {run.name}: summary exists, not redone")
             continue

@@ -37,6 +37,37 @@ def load_summaries(results: Path) -> Dict[str, Dict[int, Dict]]:
     return arms
 
 
+def load_pretrained_records(results: Path) -> Dict[str, Dict]:
+    """sha256 -> the pretraining record of every pretrained start the study has made, from
+    ``results/pretrained/<sha12>.json`` (one per start: another CPU type makes another) and the
+    older single ``results/pretrained.json``."""
+    results = Path(results)
+    paths = sorted((results / "pretrained").glob("*.json"))
+    if (results / "pretrained.json").is_file():
+        paths.insert(0, results / "pretrained.json")
+    records = {}
+    for path in paths:
+        record = json.loads(path.read_text())
+        records[record.get("sha256", path.stem)] = record
+    return records
+
+
+def describe_pretrained_starts(runs: List[Dict], records: Dict[str, Dict]) -> str:
+    """``48e7aebb982b (Intel …, 2.5 min, val accuracy 0.943; 30 runs)``, one per start the
+    runs used."""
+    counts: Dict[str, int] = {}
+    for s in runs:
+        if s.get("pretrained_sha256"):
+            counts[s["pretrained_sha256"]] = counts.get(s["pretrained_sha256"], 0) + 1
+    parts = []
+    for sha, n in sorted(counts.items(), key=lambda kv: -kv[1]):
+        r = records.get(sha, {})
+        made = (f"{r.get('cpu', '?')}, {r.get('seconds', 0) / 60:.1f} min, val accuracy {r['val_accuracy']:.3f}; "
+                if "val_accuracy" in r else "")
+        parts.append(f"{sha[:12]} ({made}{n} run{'s' if n != 1 else ''})")
+    return ", ".join(parts) or "–"
+
+
 def sweep_value(summary: Dict, source: str, alpha: str, column: str) -> Optional[float]:
     for row in summary.get("alpha_sweep", []):
         if row["iou_source"] == source and row["alpha"] == alpha:
@@ -192,7 +223,8 @@ def write_study_report(results: Path, out: Path, command: str = "", dry_run: boo
     results, out = Path(results), Path(out)
     arms = load_summaries(results)
     all_runs = [s for seeds in arms.values() for s in seeds.values()]
-    pretrained = json.loads((results / "pretrained.json").read_text()) if (results / "pretrained.json").is_file() else {}
+    records = load_pretrained_records(results)
+    pilots = [json.loads(p.read_text()) for p in sorted((results / "pilot").glob("*.json"))]
     cpus = sorted({s["cpu"] for s in all_runs}) or ["–"]
     commits = sorted({s["git_commit"] or "?" for s in all_runs})
     train_min = sum(s["train_seconds"] + s["eval_seconds"] for s in all_runs) / 60
@@ -203,12 +235,11 @@ def write_study_report(results: Path, out: Path, command: str = "", dry_run: boo
               f"- machine: {'; '.join(cpus)} (CPU model from /proc/cpuinfo)",
               f"- generated: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; "
               f"code: {', '.join(commits)}",
-              f"- runs finished: {len(all_runs)}; their training + evaluation time: {train_min:.1f} min; "
-              f"pretraining: {pretrained.get('seconds', 0) / 60:.1f} min (val accuracy "
-              f"{pretrained.get('val_accuracy', float('nan')):.3f}, sha256 {pretrained.get('sha256', '?')[:12]})",
+              f"- runs finished: {len(all_runs)}; their training + evaluation time: {train_min:.1f} min",
               f"- validation images: {_num_val(all_runs)}",
-              f"- pretrained backbones used: {', '.join(sorted({s['pretrained_sha256'][:12] for s in all_runs if s.get('pretrained_sha256')})) or '–'} "
-              "(runs of one seed pair only when they share it)", ""]
+              f"- pretrained starts (sha256, where and how long it was made, its held-out accuracy): study "
+              f"{describe_pretrained_starts(all_runs, records)}; pilots {describe_pretrained_starts(pilots, records)} "
+              "(runs of one seed pair only when they share a start)", ""]
     per_arm = []
     for a, seeds in arms.items():
         whole = [s for s in seeds.values() if not s.get("resumed")]  # a resumed run's times are partial
@@ -246,7 +277,6 @@ def write_study_report(results: Path, out: Path, command: str = "", dry_run: boo
         if rows:
             lines += [f"## α sweep and IoU_truth upper bound: {TITLES[arm]} (mean over seeds)", "",
                       *_table(["IoU", "α", *COLUMNS], rows)]
-    pilots = [json.loads(p.read_text()) for p in sorted((results / "pilot").glob("*.json"))]
     if pilots:
         lines += ["## Schedule pilots", "", "A longer schedule of one arm (lr ×0.1 at 80 % and 93 % of it), evaluated "
                   "every 2 epochs on the validation images: how far the study's schedule is from where AP stops "

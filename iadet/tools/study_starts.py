@@ -1,0 +1,51 @@
+"""Which pretrained start each seed of a study belongs to, across machines of different CPU types.
+
+The shapes pretraining is deterministic on one CPU type, but another type (AMD EPYC, Intel
+Xeon with AMX) makes another start: the same recipe, other last bits, and after thousands of
+steps another network. Runs pair only when they share a start, so a seed belongs to the start
+its first paper-regime run used. A machine that makes another start leaves that seed alone —
+its summaries are kept, never redone or overwritten — and works on the seeds that are its own
+(no runs yet, or runs from its start); the report pairs within each seed and pools the seeds.
+"""
+import json
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional
+
+
+def seed_starts(folders: Iterable[Optional[Path]]) -> Dict[int, Dict[str, str]]:
+    """seed -> {"sha256", "cpu", "run"} of the paper-regime summaries under ``<folder>/runs``
+    (the first found per seed, folders in order)."""
+    starts: Dict[int, Dict[str, str]] = {}
+    for folder in folders:
+        if folder is None:
+            continue
+        for path in sorted((Path(folder) / "runs").glob("*.json")):
+            try:
+                s = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if s.get("pretrained_sha256") and "seed" in s:
+                starts.setdefault(int(s["seed"]), {"sha256": s["pretrained_sha256"], "cpu": s.get("cpu", "?"),
+                                                   "run": s.get("run", path.stem)})
+    return starts
+
+
+def foreign_seeds(folders: Iterable[Optional[Path]], sha256: str) -> Dict[int, Dict[str, str]]:
+    """The seeds whose runs come from another pretrained start than ``sha256`` (this machine's)."""
+    return {seed: s for seed, s in seed_starts(folders).items() if s["sha256"] != sha256}
+
+
+def left_alone_message(run_name: str, seed: int, start: Dict[str, str], sha256: str, results: Path) -> str:
+    return (f"{run_name}: seed {seed} belongs to pretrained start {start['sha256'][:12]} (made on {start['cpu']}, "
+            f"e.g. {start['run']}); this machine makes {sha256[:12]}, so it is left for a machine that makes that "
+            f"start (its summaries are kept). Use other seeds here, or delete {results}/runs/*_seed{seed}.json "
+            "to redo the seed on this machine")
+
+
+def own_seeds_hint(foreign: Dict[int, Dict[str, str]], seeds: List[int]) -> Optional[str]:
+    """A line when every asked seed belongs to another start: which seeds this machine could run."""
+    if not seeds or any(s not in foreign for s in seeds):
+        return None
+    first = max(foreign) + 1
+    return (f"every asked seed belongs to another pretrained start; this machine can add seeds "
+            f"{first},{first + 1},{first + 2},... (--seeds)")
