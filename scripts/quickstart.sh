@@ -22,6 +22,6 @@ VAL_DIR="$DATA_ROOT/val"
 mkdir -p "$OUT/infer_input"
 ls "$VAL_DIR" | head -n 8 | while read -r f; do cp "$VAL_DIR/$f" "$OUT/infer_input/"; done
 $PYTHON -m iadet.infer --config configs/quickstart.yaml --checkpoint "$OUT/latest.pth" \
-  --input "$OUT/infer_input" --out "$OUT/infer" --score-thr 0.3 \
+  --input "$OUT/infer_input" --out "$OUT/infer" --score-thr 0.5 \
   --ann "$DATA_ROOT/annotations/instances_val.json" --format png
 echo "quickstart finished in $(( $(date +%s) - start )) s: metrics in $OUT/metrics.json, α sweep in $OUT/eval/alpha_sweep.md, plots in $OUT/plots/, drawn detections in $OUT/infer/"
