@@ -46,7 +46,11 @@ def sample_taps(feature: Tensor, offsets: Tensor, kernel_size: int = 3) -> Tenso
     if offsets.shape[0] != n * copies or offsets.shape[2:] != feature.shape[2:]:
         raise ValueError(f"offsets {tuple(offsets.shape)} do not match the feature {tuple(feature.shape)}")
     pad = (kernel_size - 1) // 2
-    dev, dt = feature.device, feature.dtype
+    # sampling points and bilinear weights in float32 at least: in bfloat16 / float16 (autocast)
+    # a point 130 pixels in would be off by up to half a pixel
+    dev = feature.device
+    dt = torch.float64 if feature.dtype == torch.float64 else torch.float32
+    offsets = offsets.to(dt)
     # offsets (B, G*k*k*2, H, W) -> absolute sampling points y, x of shape (B, H*W, G, k*k): the
     # small offset tensor is permuted, so the large sampled one is born in its final layout
     off = offsets.reshape(n * copies, groups, taps, 2, h * w).permute(0, 4, 1, 2, 3)
@@ -74,7 +78,7 @@ def sample_taps(feature: Tensor, offsets: Tensor, kernel_size: int = 3) -> Tenso
         weight = (wy * wx * valid.to(dt)).unsqueeze(-1)
         term = table.index_select(0, index.reshape(-1)).reshape(*index.shape, cg) * weight
         out = term if out is None else out + term
-    return out  # (B, H*W, G, k*k, Cg)
+    return out.to(feature.dtype)  # (B, H*W, G, k*k, Cg), accumulated in float32 at least
 
 
 def deform_conv2d_gather(feature: Tensor, offsets: Tensor, weight: Tensor,

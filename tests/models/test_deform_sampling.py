@@ -84,3 +84,14 @@ def test_the_predictor_on_cpu_equals_the_torchvision_kernel():
     deltas = torch.randn(2, 12, 5, 6, dtype=torch.float64)
     ref = torch.relu(_reference(feature, m.offsets(deltas), m.deform_weight, m.deform_bias))
     torch.testing.assert_close(m.aligned_features(feature, deltas), ref, rtol=0, atol=1e-12)
+
+
+def test_low_precision_features_are_sampled_at_float32_points():
+    """bfloat16 (autocast) features: the sampling points stay exact far from the origin."""
+    g = torch.Generator().manual_seed(3)
+    feature = torch.randn(1, 4, 40, 300, generator=g).bfloat16()
+    offsets = (torch.rand(2, 18, 40, 300, generator=g) * 4 - 2).bfloat16()
+    weight = torch.randn(2, 4, 3, 3, generator=g)
+    ref = _reference(feature.float(), offsets.float(), weight, None)
+    ours = deform_conv2d_gather(feature, offsets, weight.bfloat16())
+    torch.testing.assert_close(ours.float(), ref, rtol=0.05, atol=0.15)
