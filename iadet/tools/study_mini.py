@@ -376,7 +376,7 @@ def main(argv=None) -> int:
         run = StudyRun(Arm(f"pilot{args.pilot}_{run.arm.name}", run.arm.config, run.arm.title, run.arm.regime, "pilot"),
                        run.seed, curve=True)
         run_one(run, work, results, opts + pilot_opts(args.pilot), pretrained, eval_interval=2, subfolder="pilot")
-        path = write_study_report(results, report, command=command, dry_run=args.dry_run)
+        path = write_study_report(results, report, dry_run=args.dry_run)  # the study's command stays
         print(f"\nreport written to {path}")
         return 0
     foreign = foreign_seeds([results], pretrained["sha256"])
