@@ -44,6 +44,11 @@ def inject_nan(at: int, term: str, value: float) -> None:
 def inject_signal(signum: int, phase: str) -> None:
     import iadet.engine.trainer as trainer
 
+    if signum == signal.SIGINT:
+        # what a Ctrl-C in a terminal meets: Python's KeyboardInterrupt handler, even when this
+        # process inherited SIGINT ignored (a test run started in the background without job
+        # control, e.g. `(make test &)`, ignores it, and Python keeps it ignored)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     fired = []
 
     def fire():
