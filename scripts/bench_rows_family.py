@@ -12,11 +12,10 @@ import torch
 
 import iadet
 from iadet.builder import build_criterion
+from iadet.models.deform_sampling import deform_conv2d_repeated
 from iadet.models.feature_alignment import AlignedIoUPredictor
 
 from iadet.tools.reproduce import FAMILY, FAMILY_BASE
-
-from torchvision.ops import deform_conv2d
 
 from bench_common import REPO, alternate, make_row
 from bench_rows_training import sgd_step
@@ -110,8 +109,7 @@ class FamilyRows:
                 return out.detach(), grads
 
             def theirs():
-                rep = feature.unsqueeze(1).expand(n, 9, c, side, side).reshape(n * 9, c, side, side)
-                out = torch.relu(deform_conv2d(rep, offsets, m.deform_weight, m.deform_bias, padding=(1, 1)))
+                out = torch.relu(deform_conv2d_repeated(feature, offsets, m.deform_weight, m.deform_bias))
                 grads = torch.autograd.grad(out.square().sum(), (feature, m.deform_weight))
                 return out.detach(), grads
 

@@ -7,7 +7,7 @@ than this one in the aligned IoU branch, where the same feature is sampled by A 
 sets (one per anchor): here the feature is never repeated A times, every tap of every
 position is gathered at once as rows of channels, and the weights act in one matmul.
 On CUDA :class:`iadet.models.feature_alignment.AlignedIoUPredictor` keeps torchvision's
-kernel.
+kernel (:func:`deform_conv2d_repeated`).
 
 Sampling is torchvision's: tap ``k = 3 * i + j`` of output position ``(y, x)`` reads the
 input at ``(y - pad + i + dy, x - pad + j + dx)`` (stride 1, dilation 1), with
@@ -21,6 +21,7 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+from torchvision.ops import deform_conv2d
 
 
 def sample_taps(feature: Tensor, offsets: Tensor, kernel_size: int = 3) -> Tensor:
@@ -103,3 +104,14 @@ def deform_conv2d_gather(feature: Tensor, offsets: Tensor, weight: Tensor,
         out = out + bias
     h, wd = feature.shape[2:]
     return out.reshape(b, h, wd, c_out).permute(0, 3, 1, 2)
+
+
+def deform_conv2d_repeated(feature: Tensor, offsets: Tensor, weight: Tensor,
+                           bias: Optional[Tensor] = None) -> Tensor:
+    """The same conv by ``torchvision.ops.deform_conv2d`` on the feature repeated for the A
+    offset sets of its image (its CUDA path, and the reference)."""
+    n, c, h, w = feature.shape
+    copies = offsets.shape[0] // n
+    repeated = feature.unsqueeze(1).expand(n, copies, c, h, w).reshape(n * copies, c, h, w)
+    pad = weight.shape[-1] // 2
+    return deform_conv2d(repeated, offsets, weight, bias, padding=(pad, pad))

@@ -25,9 +25,8 @@ shared feature for the A anchors without repeating it); elsewhere as torchvision
 """
 import torch
 from torch import Tensor, nn
-from torchvision.ops import deform_conv2d
 
-from iadet.models.deform_sampling import deform_conv2d_gather
+from iadet.models.deform_sampling import deform_conv2d_gather, deform_conv2d_repeated
 
 
 class AlignedIoUPredictor(nn.Module):
@@ -67,14 +66,8 @@ class AlignedIoUPredictor(nn.Module):
 
     def aligned_features(self, feature: Tensor, deltas: Tensor) -> Tensor:
         """ReLU(DeformConv(feature, offsets of each anchor)): (N*A, C, H, W)."""
-        offsets = self.offsets(deltas)
-        if feature.device.type == "cpu":
-            return torch.relu(deform_conv2d_gather(feature, offsets, self.deform_weight, self.deform_bias))
-        n, c, h, w = feature.shape
-        repeated = feature.unsqueeze(1).expand(n, self.num_anchors, c, h, w).reshape(n * self.num_anchors, c, h, w)
-        pad = (self.kernel_size - 1) // 2
-        out = deform_conv2d(repeated, offsets, self.deform_weight, self.deform_bias, padding=(pad, pad))
-        return torch.relu(out)
+        conv = deform_conv2d_gather if feature.device.type == "cpu" else deform_conv2d_repeated
+        return torch.relu(conv(feature, self.offsets(deltas), self.deform_weight, self.deform_bias))
 
     def forward(self, feature: Tensor, deltas: Tensor) -> Tensor:
         """(N, C, H, W) regression feature and (N, A*4, H, W) deltas -> (N, A, H, W) IoU logits,

@@ -26,7 +26,7 @@ from typing import Dict, List, Optional, Tuple
 from iadet.tools.study_mini import (ARM_BY_NAME, REPO, Arm, StudyRun, config_fingerprint, folder_made,
                                     evaluate_checkpoint, metric_fields, parse_seeds, prepare_study, run_one,
                                     summary_head, summary_is_current, write_summary)
-from iadet.tools.study_starts import foreign_seeds, left_alone_message, own_seeds_hint
+from iadet.tools.study_starts import foreign_seeds, left_alone_message
 
 FAMILY_ARMS = (
     ARM_BY_NAME["retinanet"], ARM_BY_NAME["iou_aware"], ARM_BY_NAME["iou_aware_grad"],
@@ -148,10 +148,7 @@ def main(argv=None) -> int:
     runs = plan(parse_seeds(args.seeds), arms)
     reuse_arg = args.reuse or ("none" if args.dry_run else "docs/results_mini")
     reuse = None if reuse_arg == "none" else _repo_path(reuse_arg)
-    foreign = foreign_seeds([results, reuse], pretrained["sha256"])
-    hint = own_seeds_hint(foreign, parse_seeds(args.seeds))
-    if hint:
-        print(hint)
+    foreign = foreign_seeds([results, reuse], pretrained["sha256"], parse_seeds(args.seeds))
     for i, run in enumerate(runs):
         summary = results / "runs" / f"{run.name}.json"
         if run.seed in foreign:

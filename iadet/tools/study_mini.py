@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from iadet.io import atomic_write_text
-from iadet.tools.study_starts import foreign_seeds, left_alone_message, own_seeds_hint
+from iadet.tools.study_starts import foreign_seeds, left_alone_message
 
 REPO = Path(__file__).resolve().parents[2]
 SWEEP_ALPHAS = "none,1.0,0.9,0.8,0.7,0.6,0.5,0.4,0.3"
@@ -379,10 +379,7 @@ def main(argv=None) -> int:
         path = write_study_report(results, report, dry_run=args.dry_run)  # the study's command stays
         print(f"\nreport written to {path}")
         return 0
-    foreign = foreign_seeds([results], pretrained["sha256"])
-    hint = own_seeds_hint(foreign, parse_seeds(args.seeds))
-    if hint:
-        print(hint)
+    foreign = foreign_seeds([results], pretrained["sha256"], parse_seeds(args.seeds))
     for i, run in enumerate(runs):
         summary = results / "runs" / f"{run.name}.json"
         sha = pretrained["sha256"] if run.arm.regime == "paper" else None

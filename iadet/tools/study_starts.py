@@ -30,9 +30,15 @@ def seed_starts(folders: Iterable[Optional[Path]]) -> Dict[int, Dict[str, str]]:
     return starts
 
 
-def foreign_seeds(folders: Iterable[Optional[Path]], sha256: str) -> Dict[int, Dict[str, str]]:
-    """The seeds whose runs come from another pretrained start than ``sha256`` (this machine's)."""
-    return {seed: s for seed, s in seed_starts(folders).items() if s["sha256"] != sha256}
+def foreign_seeds(folders: Iterable[Optional[Path]], sha256: str,
+                  asked: Optional[List[int]] = None) -> Dict[int, Dict[str, str]]:
+    """The seeds whose runs come from another pretrained start than ``sha256`` (this machine's);
+    when every ``asked`` seed is one of them, says which seeds this machine could add."""
+    foreign = {seed: s for seed, s in seed_starts(folders).items() if s["sha256"] != sha256}
+    hint = own_seeds_hint(foreign, asked or [])
+    if hint:
+        print(hint)
+    return foreign
 
 
 def left_alone_message(run_name: str, seed: int, start: Dict[str, str], sha256: str, results: Path) -> str:

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torchvision.ops import deform_conv2d
 
-from iadet.models.deform_sampling import deform_conv2d_gather, sample_taps
+from iadet.models.deform_sampling import deform_conv2d_gather, deform_conv2d_repeated, sample_taps
 from iadet.models.feature_alignment import AlignedIoUPredictor
 
 
@@ -84,6 +84,9 @@ def test_the_predictor_on_cpu_equals_the_torchvision_kernel():
     deltas = torch.randn(2, 12, 5, 6, dtype=torch.float64)
     ref = torch.relu(_reference(feature, m.offsets(deltas), m.deform_weight, m.deform_bias))
     torch.testing.assert_close(m.aligned_features(feature, deltas), ref, rtol=0, atol=1e-12)
+    # the CUDA path's form, torchvision's kernel on the repeated feature, run here on CPU
+    repeated = deform_conv2d_repeated(feature, m.offsets(deltas), m.deform_weight, m.deform_bias)
+    torch.testing.assert_close(torch.relu(repeated), ref, rtol=0, atol=0)
 
 
 def test_low_precision_features_are_sampled_at_float32_points():
