@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from iadet.tools.family_report import gap_closed, write_family_report
+from iadet.tools.family_report import arm_title, gap_closed, write_family_report
 from iadet.tools.study_family import EVAL_VARIANTS, VARIANT_BASES, arms_of, main, plan, variant_run
 
 
@@ -55,11 +55,41 @@ def test_report_from_hand_made_summaries(tmp_path):
             s = _summary(arm, seed, ap + noise, 40.0 + noise, 50.0 + noise, estimate=estimate)
             (runs / f"{arm}_seed{seed}.json").write_text(json.dumps(s))
     text = write_family_report(tmp_path / "results", tmp_path / "family.md").read_text()
-    assert "| iou_aware | 5 |" in text and "+1.00 [" in text  # ΔAP vs RetinaNet, exact per seed
-    assert "| iou_aware | quality branch | +0.10 [" in text  # gap closed (41 - 40) / (50 - 40)
-    assert "| qfl | class score | – (no separate estimate)" in text
-    assert "Ranked by the paired AP difference against RetinaNet: iou_aware (+1.00" in text
+    assert "| IoU-aware | 5 |" in text and "+1.00 [" in text  # ΔAP vs RetinaNet, exact per seed
+    assert "| IoU-aware | quality branch | +0.10 [" in text  # gap closed (41 - 40) / (50 - 40)
+    assert "| RetinaNet + QFL | class score | – (no separate estimate)" in text
+    assert "Ranked by the paired AP difference against RetinaNet: IoU-aware (+1.00" in text
+    assert "from one pretrained start;" in text
     assert (tmp_path / "images" / "family_ap_vs_ap90.png").is_file()
+
+
+def test_arm_titles():
+    assert arm_title("qfl") == "RetinaNet + QFL" and arm_title("aligned_grad") == "aligned IoU-aware †"
+    assert arm_title("atss_iou_aware") == "IoU-aware + ATSS"
+    assert arm_title("iou_aware_grad_soft_nms") == "IoU-aware †, Soft-NMS (Gaussian)"
+    assert arm_title("iou_aware_iou_guided_nms") == "IoU-aware, IoU-guided NMS"
+    assert arm_title("something_new") == "something_new"
+
+
+def test_seeds_of_two_starts_pool_and_the_report_says_which_made_which(tmp_path):
+    """Seeds 0, 1 from one start and machine, seed 2 from another: every difference pairs within
+    a seed (exact here), the seeds pool, and the report names each seed's start and machine.
+    Each session's command is kept in the header."""
+    runs = tmp_path / "results" / "runs"
+    runs.mkdir(parents=True)
+    for seed, sha, cpu in ((0, "f", "CPU one"), (1, "f", "CPU one"), (2, "e", "CPU two")):
+        for arm, ap in (("retinanet", 40.0), ("vfl", 42.0)):
+            s = dict(_summary(arm, seed, ap + seed, 40.0 + seed, 50.0), pretrained_sha256=sha * 64, cpu=cpu)
+            (runs / f"{arm}_seed{seed}.json").write_text(json.dumps(s))
+    out = tmp_path / "family.md"
+    write_family_report(tmp_path / "results", out, command="cmd one")
+    text = write_family_report(tmp_path / "results", out, command="cmd two").read_text()
+    assert "- commands: `cmd one`; `cmd two`" in text
+    assert f"0, 1 ({'f' * 12}, CPU one); 2 ({'e' * 12}, CPU two)" in text
+    assert "| RetinaNet + VFL | 3 |" in text and "+2.00 [+2.00, +2.00]" in text
+    assert "from 2 pretrained starts (every difference pairs within a seed" in text
+    assert f"| RetinaNet + VFL | 2 | 44.00 | 70.00 | 44.00 | 5.00 | 42.00 |  | {'e' * 12} | CPU two |" in text
+    assert write_family_report(tmp_path / "results", out).read_text().count("`cmd one`") == 1  # bare regeneration
 
 
 def test_dry_run_runs_the_whole_family_study(tmp_path, monkeypatch):

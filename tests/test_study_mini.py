@@ -266,6 +266,24 @@ def test_the_report_names_every_pretrained_start_with_its_record(tmp_path):
     assert f"pilots {'e' * 12} (CPU two, 1.5 min, val accuracy 0.900; 1 run)" in text
 
 
+def test_a_start_made_again_on_another_cpu_type_keeps_its_first_record(tmp_path):
+    """Two CPU types that compute the same bits make the same start: its record keeps where it
+    was first made and adds the other machine (once), and the report says both."""
+    from iadet.tools.study_report import describe_pretrained_starts, load_pretrained_records
+    from iadet.tools.study_starts import write_pretrained_record
+    first = {"sha256": "f" * 64, "cpu": "CPU one", "seconds": 150.0, "val_accuracy": 0.943}
+    path = write_pretrained_record(tmp_path, first)
+    assert path == tmp_path / "pretrained" / ("f" * 12 + ".json") and json.loads(path.read_text()) == first
+    for _ in range(2):
+        write_pretrained_record(tmp_path, dict(first, cpu="CPU two", seconds=240.0))
+    write_pretrained_record(tmp_path, dict(first, seconds=99.0))  # the first machine again: unchanged
+    kept = json.loads(path.read_text())
+    assert kept["cpu"] == "CPU one" and kept["seconds"] == 150.0
+    assert kept["also_made_on"] == [{"cpu": "CPU two", "seconds": 240.0}]
+    text = describe_pretrained_starts([{"pretrained_sha256": "f" * 64}], load_pretrained_records(tmp_path))
+    assert text == f"{'f' * 12} (CPU one, 2.5 min, val accuracy 0.943, also made on CPU two in 4.0 min; 1 run)"
+
+
 def test_seeds_from_another_pretrained_start_are_left_alone(tmp_path, monkeypatch, capsys):
     """A seed whose runs come from another CPU type's pretrained start is kept as it is (not
     redone, not overwritten); this machine works on the other seeds."""

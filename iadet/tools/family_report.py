@@ -21,6 +21,7 @@ from iadet.tools.study_stats import paired_difference
 COLUMNS = ("AP", "AP50", "AP75", "AP90")
 CONFIGURED_ALPHA = "0.5"
 # Published COCO val2017 AP, R50 1x (../shared/QUALITY_FAMILY.md): the order the reading compares with.
+VARIANT_TITLES = {"soft_nms": "Soft-NMS (Gaussian)", "iou_guided_nms": "IoU-guided NMS"}
 PUBLISHED = [("RetinaNet", 36.5), ("IoU-aware RetinaNet", 36.9), ("RetinaNet + VFL", 37.4),
              ("IoU-aware RetinaNet †", 37.8), ("ATSS", 39.4), ("GFL (QFL + DFL + ATSS)", 40.2)]
 
@@ -33,6 +34,43 @@ def gap_closed(summary: Dict) -> Optional[float]:
     if None in (est, cls, truth) or truth == cls or summary.get("calibration_estimate") == "class score":
         return None
     return (est - cls) / (truth - cls)
+
+
+def arm_title(name: str) -> str:
+    """The title of an arm key (``qfl`` -> ``RetinaNet + QFL``; ``iou_aware_soft_nms`` ->
+    ``IoU-aware RetinaNet, Soft-NMS (Gaussian)``); an unknown key is its own title."""
+    from iadet.tools.study_family import FAMILY_ARMS
+
+    titles = {a.name: a.title for a in FAMILY_ARMS}
+    for variant, title in VARIANT_TITLES.items():
+        if name.endswith(f"_{variant}"):
+            return f"{arm_title(name[:-len(variant) - 1])}, {title}"
+    if name.startswith("atss_") and name[5:] in titles:
+        return f"{titles[name[5:]]} + ATSS"
+    return titles.get(name, name)
+
+
+def _seed_units(runs: List[Dict]) -> str:
+    """``5 (cd3071474805, AMD EPYC (family 26, model 2)); 6, 7 (…)``: which pretrained start and
+    machine made each seed's runs (a seed made on two machines of one start is named twice)."""
+    units: Dict[tuple, List[int]] = {}
+    for s in runs:
+        key = ((s.get("pretrained_sha256") or "none")[:12], s.get("cpu", "?"))
+        if int(s["seed"]) not in units.setdefault(key, []):
+            units[key].append(int(s["seed"]))
+    return "; ".join(f"{', '.join(map(str, sorted(seeds)))} ({sha}, {cpu})"
+                     for (sha, cpu), seeds in sorted(units.items(), key=lambda kv: min(kv[1])))
+
+
+def _previous_commands(out: Path) -> List[str]:
+    """The commands an existing report names (kept: each session that added runs adds its own)."""
+    try:
+        for line in Path(out).read_text().splitlines():
+            if line.startswith(("- command: `", "- commands: `")):
+                return [c.strip().strip("`") for c in line.split(": ", 1)[1].split("; ")]
+    except OSError:
+        pass
+    return []
 
 
 def _mean(values: List[float]) -> Optional[float]:
@@ -48,7 +86,7 @@ def _arm_rows(arms) -> List[List]:
         for other in ("retinanet", "iou_aware"):
             diffs += ([paired(arms, arm, other, at(c), at(c)).text() for c in ("AP", "AP90")]
                       if arm != other and other in arms else ["–", "–"])
-        rows.append([arm, len(seeds), *means, *diffs])
+        rows.append([arm_title(arm), len(seeds), *means, *diffs])
     return rows
 
 
@@ -66,7 +104,7 @@ def _estimator_rows(arms) -> List[List]:
         pearson = _mean([c["pearson"] for c in calib if c.get("pearson") is not None])
         fig4 = [p for s in seeds.values() for p in (s.get("confidence_vs_iou_eval") or [])
                 if p["panel"].startswith("Eq. 7, predicted")]
-        rows.append([arm, estimate, d.text() if gaps else "– (no separate estimate)", _per_seed(d) if gaps else "–",
+        rows.append([arm_title(arm), estimate, d.text() if gaps else "– (no separate estimate)", _per_seed(d) if gaps else "–",
                      mae, pearson, _mean([p["pearson"] for p in fig4 if p.get("pearson") is not None]),
                      _mean([p["spearman"] for p in fig4 if p.get("spearman") is not None])])
     return rows
@@ -81,7 +119,7 @@ def _plot(arms, path: Path) -> Optional[Path]:
         ap = [s["metrics"]["AP"] for s in seeds.values() if s["metrics"].get("AP") is not None]
         ap90 = [s["metrics"]["AP90"] for s in seeds.values() if s["metrics"].get("AP90") is not None]
         if ap and ap90:
-            points.append((arm, paired_difference(ap), paired_difference(ap90)))
+            points.append((arm_title(arm), paired_difference(ap), paired_difference(ap90)))
     if not points:
         return None
     fig = Figure(figsize=(7.5, 5.5))
@@ -90,7 +128,7 @@ def _plot(arms, path: Path) -> Optional[Path]:
     for arm, ap, ap90 in points:
         xerr = None if ap.low is None else [[ap.mean - ap.low], [ap.high - ap.mean]]
         yerr = None if ap90.low is None else [[ap90.mean - ap90.low], [ap90.high - ap90.mean]]
-        ax.errorbar(ap.mean, ap90.mean, xerr=xerr, yerr=yerr, fmt="o", capsize=3, label=arm)
+        ax.errorbar(ap.mean, ap90.mean, xerr=xerr, yerr=yerr, fmt="o", capsize=3)
         ax.annotate(arm, (ap.mean, ap90.mean), fontsize=7, xytext=(4, 4), textcoords="offset points")
     ax.set_xlabel("AP (mean over seeds, 95 % t interval)")
     ax.set_ylabel("AP90 (mean over seeds, 95 % t interval)")
@@ -101,7 +139,7 @@ def _plot(arms, path: Path) -> Optional[Path]:
     return path
 
 
-def _reading(arms) -> List[str]:
+def _reading(arms, starts: int) -> List[str]:
     """The ranking by paired ΔAP against RetinaNet, what the intervals allow, the published order."""
     at = lambda s: metric(s, "AP")  # noqa: E731
     ranked = sorted(((arm, paired(arms, arm, "retinanet", at, at)) for arm in arms if arm != "retinanet"),
@@ -111,13 +149,20 @@ def _reading(arms) -> List[str]:
     unclear = [a for a, d in ranked if a not in above and a not in below]
     return ["## Reading (generated from the tables above)", "",
             "- Ranked by the paired AP difference against RetinaNet: "
-            + (", ".join(f"{a} ({d.text()})" for a, d in ranked) or "no paired run yet") + ".",
-            f"- Above RetinaNet with the whole 95 % interval: {', '.join(above) or 'none'}; below: "
-            f"{', '.join(below) or 'none'}; not separated from it at this n: {', '.join(unclear) or 'none'}.",
-            "- What the ranking does not say: it is one synthetic dataset at CPU scale, a short schedule and one "
-            "pretrained start; arms whose intervals overlap are not ordered by it.",
+            + (", ".join(f"{arm_title(a)} ({d.text()})" for a, d in ranked) or "no paired run yet") + ".",
+            f"- Above RetinaNet with the whole 95 % interval: {_titles(above)}; below: {_titles(below)}; "
+            f"not separated from it at this n: {_titles(unclear)}.",
+            "- What the ranking does not say: it is one synthetic dataset at CPU scale and a short schedule (the "
+            "study of the paper's claim measured it ~8 AP short of a plateau), from "
+            + ("one pretrained start" if starts == 1 else f"{starts} pretrained starts (every difference pairs within a seed, "
+               "whose arms share one)")
+            + "; arms whose intervals overlap are not ordered by it.",
             "- The published COCO order (R50 1x, val2017; the full detectors of ATSS and GFL change more than one "
             "part): " + " < ".join(f"{n} {ap}" for n, ap in PUBLISHED) + ".", ""]
+
+
+def _titles(arms: List[str]) -> str:
+    return ", ".join(map(arm_title, arms)) or "none"
 
 
 def write_family_report(results: Path, out: Path, command: str = "", dry_run: bool = False) -> Path:
@@ -130,11 +175,17 @@ def write_family_report(results: Path, out: Path, command: str = "", dry_run: bo
     lines = ["# The quality family ranked at small scale (generated by `iadet.tools.family_report`)", ""]
     if dry_run:
         lines += ["**Dry run**: a few iterations on a tiny set; the numbers test the pipeline, not the methods.", ""]
-    lines += [f"- command: `{command or 'make compare-mini'}`",
+    commands = _previous_commands(out)
+    if command and command not in commands:
+        commands.append(command)
+    commands = commands or ["make compare-mini"]
+    lines += [f"- command{'s' if len(commands) > 1 else ''}: " + "; ".join(f"`{c}`" for c in commands),
               f"- machine: {'; '.join(sorted({s['cpu'] for s in runs})) or '–'} (CPU model from /proc/cpuinfo)",
               f"- generated: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
               f"- runs: {len(runs)}; training + evaluation time: {minutes:.1f} min; seeds per arm: "
-              + ", ".join(f"{a} {len(s)}" for a, s in arms.items()),
+              + ", ".join(f"{arm_title(a)} {len(s)}" for a, s in arms.items()),
+              f"- seeds, with the pretrained start and machine that made their runs (a seed's arms share a start; "
+              f"differences pair within a seed, and the seeds are pooled): {_seed_units(runs) or '–'}",
               f"- validation images: {', '.join(map(str, images)) or '–'}; pretrained starts (sha256, where and how "
               f"long it was made, its held-out accuracy): {describe_pretrained_starts(runs, records)}", ""]
     lines += ["## Every arm (configured score; paired differences with 95 % t intervals)", "",
@@ -150,11 +201,12 @@ def write_family_report(results: Path, out: Path, command: str = "", dry_run: bo
     plot = _plot(arms, out.parent / "images" / f"{out.stem}_ap_vs_ap90.png")
     if plot:
         lines += ["## AP against AP90", "", f"![AP against AP90]({plot.relative_to(out.parent).as_posix()})", ""]
-    lines += _reading(arms)
-    lines += ["## Every run", "", *_table(["arm", "seed", *COLUMNS, "AP at α 1", "evaluates"],
-                                          [[a, seed, *(metric(s, c) for c in COLUMNS), metric(s, "AP", "1"),
-                                            s.get("evaluates", "")] for a, seeds in arms.items()
-                                           for seed, s in sorted(seeds.items())])]
+    lines += _reading(arms, len({s.get("pretrained_sha256") for s in runs}))
+    lines += ["## Every run", "", *_table(["arm", "seed", *COLUMNS, "AP at α 1", "evaluates", "start", "machine"],
+                                          [[arm_title(a), seed, *(metric(s, c) for c in COLUMNS),
+                                            metric(s, "AP", "1"), s.get("evaluates", ""),
+                                            (s.get("pretrained_sha256") or "–")[:12], s.get("cpu", "?")]
+                                           for a, seeds in arms.items() for seed, s in sorted(seeds.items())])]
     atomic_write_text("\n".join(lines) + "\n", out)
     return out
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from iadet.io import atomic_write_text
-from iadet.tools.study_starts import foreign_seeds, left_alone_message
+from iadet.tools.study_starts import foreign_seeds, left_alone_message, write_pretrained_record
 
 REPO = Path(__file__).resolve().parents[2]
 SWEEP_ALPHAS = "none,1.0,0.9,0.8,0.7,0.6,0.5,0.4,0.3"
@@ -349,9 +349,7 @@ def prepare_study(args, name: str, results_default: str, report_default: str):
         pretrained_path = work / "pretrained" / "resnet18_shapes_dry_run.pth"
     pretrained_path = (pretrained_path if pretrained_path.is_absolute() else REPO / pretrained_path)
     record = pretrain(pretrained_path, progress=not args.dry_run, **(DRY_RUN_PRETRAIN if args.dry_run else {}))
-    # one record per start: a session on another CPU type makes another start (another sha256)
-    (results / "pretrained").mkdir(parents=True, exist_ok=True)
-    atomic_write_text(json.dumps(record, indent=1), results / "pretrained" / f"{record['sha256'][:12]}.json")
+    write_pretrained_record(results, record)  # one per start; another CPU type may make another
     return work, results, report, opts, {"path": str(pretrained_path), "sha256": record["sha256"]}
 
 

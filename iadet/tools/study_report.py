@@ -54,7 +54,7 @@ def load_pretrained_records(results: Path) -> Dict[str, Dict]:
 
 def describe_pretrained_starts(runs: List[Dict], records: Dict[str, Dict]) -> str:
     """``48e7aebb982b (Intel …, 2.5 min, val accuracy 0.943; 30 runs)``, one per start the
-    runs used."""
+    runs used (with the other CPU types that made the same start)."""
     counts: Dict[str, int] = {}
     for s in runs:
         if s.get("pretrained_sha256"):
@@ -62,7 +62,9 @@ def describe_pretrained_starts(runs: List[Dict], records: Dict[str, Dict]) -> st
     parts = []
     for sha, n in sorted(counts.items(), key=lambda kv: -kv[1]):
         r = records.get(sha, {})
-        made = (f"{r.get('cpu', '?')}, {r.get('seconds', 0) / 60:.1f} min, val accuracy {r['val_accuracy']:.3f}; "
+        also = "".join(f", also made on {m.get('cpu', '?')} in {(m.get('seconds') or 0) / 60:.1f} min"
+                       for m in r.get("also_made_on", []))
+        made = (f"{r.get('cpu', '?')}, {r.get('seconds', 0) / 60:.1f} min, val accuracy {r['val_accuracy']:.3f}{also}; "
                 if "val_accuracy" in r else "")
         parts.append(f"{sha[:12]} ({made}{n} run{'s' if n != 1 else ''})")
     return ", ".join(parts) or "–"

@@ -1,8 +1,8 @@
 """Which pretrained start each seed of a study belongs to, across machines of different CPU types.
 
-The shapes pretraining is deterministic on one CPU type, but another type (AMD EPYC, Intel
-Xeon with AMX) makes another start: the same recipe, other last bits, and after thousands of
-steps another network. Runs pair only when they share a start, so a seed belongs to the start
+The shapes pretraining is deterministic on one CPU type, but another type may make another
+start: the same recipe, other last bits, and after thousands of steps another network (an Intel
+Xeon with AMX made 48e7aebb; two AMD EPYC generations, family 25 and 26, both made cd307147). Runs pair only when they share a start, so a seed belongs to the start
 its first paper-regime run used. A machine that makes another start leaves that seed alone —
 its summaries are kept, never redone or overwritten — and works on the seeds that are its own
 (no runs yet, or runs from its start); the report pairs within each seed and pools the seeds.
@@ -10,6 +10,8 @@ its summaries are kept, never redone or overwritten — and works on the seeds t
 import json
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
+
+from iadet.io import atomic_write_text
 
 
 def seed_starts(folders: Iterable[Optional[Path]]) -> Dict[int, Dict[str, str]]:
@@ -55,3 +57,23 @@ def own_seeds_hint(foreign: Dict[int, Dict[str, str]], seeds: List[int]) -> Opti
     first = max(foreign) + 1
     return (f"every asked seed belongs to another pretrained start; this machine can add seeds "
             f"{first},{first + 1},{first + 2},... (--seeds)")
+
+
+def write_pretrained_record(results: Path, record: Dict) -> Path:
+    """``results/pretrained/<sha12>.json``: one record per start. When a machine of another CPU
+    type makes a start that is already recorded (the same sha256: both types computed the same
+    bits), the first record is kept and the machine is added to its ``also_made_on``."""
+    path = Path(results) / "pretrained" / f"{record['sha256'][:12]}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        kept = json.loads(path.read_text())
+    except (OSError, ValueError):
+        kept = None
+    if kept is None or kept.get("sha256") != record["sha256"]:
+        kept = record
+    elif record.get("cpu") != kept.get("cpu"):
+        also = kept.setdefault("also_made_on", [])
+        if record.get("cpu") not in [m.get("cpu") for m in also]:
+            also.append({"cpu": record.get("cpu"), "seconds": record.get("seconds")})
+    atomic_write_text(json.dumps(kept, indent=1), path)
+    return path
