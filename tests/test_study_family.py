@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from iadet.tools.family_report import arm_title, gap_closed, write_family_report
+from iadet.tools.family_report import arm_title, gap_closed, in_study_order, write_family_report
 from iadet.tools.study_family import EVAL_VARIANTS, VARIANT_BASES, arms_of, main, plan, variant_run
 
 
@@ -66,9 +66,17 @@ def test_report_from_hand_made_summaries(tmp_path):
 def test_arm_titles():
     assert arm_title("qfl") == "RetinaNet + QFL" and arm_title("aligned_grad") == "aligned IoU-aware †"
     assert arm_title("atss_iou_aware") == "IoU-aware + ATSS"
-    assert arm_title("iou_aware_grad_soft_nms") == "IoU-aware †, Soft-NMS (Gaussian)"
-    assert arm_title("iou_aware_iou_guided_nms") == "IoU-aware, IoU-guided NMS"
+    assert arm_title("iou_aware_grad_soft_nms") == "IoU-aware † with Soft-NMS (Gaussian)"
+    assert arm_title("iou_aware_iou_guided_nms") == "IoU-aware with IoU-guided NMS"
     assert arm_title("something_new") == "something_new"
+
+
+def test_arms_are_reported_in_the_order_the_study_defines_them():
+    keys = ["vfl", "iou_aware_grad_soft_nms", "aligned", "zz_unknown", "atss_iou_aware", "retinanet",
+            "iou_aware_soft_nms", "iou_aware", "iou_aware_grad_iou_guided_nms", "iou_aware_grad"]
+    assert list(in_study_order({k: {} for k in keys})) == [
+        "retinanet", "iou_aware", "iou_aware_grad", "aligned", "vfl", "atss_iou_aware", "iou_aware_soft_nms",
+        "iou_aware_grad_soft_nms", "iou_aware_grad_iou_guided_nms", "zz_unknown"]
 
 
 def test_seeds_of_two_starts_pool_and_the_report_says_which_made_which(tmp_path):

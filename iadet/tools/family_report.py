@@ -38,16 +38,27 @@ def gap_closed(summary: Dict) -> Optional[float]:
 
 def arm_title(name: str) -> str:
     """The title of an arm key (``qfl`` -> ``RetinaNet + QFL``; ``iou_aware_soft_nms`` ->
-    ``IoU-aware RetinaNet, Soft-NMS (Gaussian)``); an unknown key is its own title."""
+    ``IoU-aware with Soft-NMS (Gaussian)``); an unknown key is its own title."""
     from iadet.tools.study_family import FAMILY_ARMS
 
     titles = {a.name: a.title for a in FAMILY_ARMS}
     for variant, title in VARIANT_TITLES.items():
         if name.endswith(f"_{variant}"):
-            return f"{arm_title(name[:-len(variant) - 1])}, {title}"
+            return f"{arm_title(name[:-len(variant) - 1])} with {title}"
     if name.startswith("atss_") and name[5:] in titles:
         return f"{titles[name[5:]]} + ATSS"
     return titles.get(name, name)
+
+
+def in_study_order(arms: Dict[str, Dict]) -> Dict[str, Dict]:
+    """The arms in the order the study defines them (RetinaNet, the IoU-aware arms, the other
+    estimators, ATSS, then the evaluation-time variants of each base); unknown keys last."""
+    from iadet.tools.study_family import EVAL_VARIANTS, FAMILY_ARMS, VARIANT_BASES
+
+    order = [a.name for a in FAMILY_ARMS] + [f"atss_{a.name}" for a in FAMILY_ARMS]
+    order += [f"{base}_{v}" for base in VARIANT_BASES for v in EVAL_VARIANTS]
+    rank = {name: i for i, name in enumerate(order)}
+    return dict(sorted(arms.items(), key=lambda kv: (rank.get(kv[0], len(order)), kv[0])))
 
 
 def _seed_units(runs: List[Dict]) -> str:
@@ -149,7 +160,7 @@ def _reading(arms, starts: int) -> List[str]:
     unclear = [a for a, d in ranked if a not in above and a not in below]
     return ["## Reading (generated from the tables above)", "",
             "- Ranked by the paired AP difference against RetinaNet: "
-            + (", ".join(f"{arm_title(a)} ({d.text()})" for a, d in ranked) or "no paired run yet") + ".",
+            + ("; ".join(f"{arm_title(a)} ({d.text()})" for a, d in ranked) or "no paired run yet") + ".",
             f"- Above RetinaNet with the whole 95 % interval: {_titles(above)}; below: {_titles(below)}; "
             f"not separated from it at this n: {_titles(unclear)}.",
             "- What the ranking does not say: it is one synthetic dataset at CPU scale and a short schedule (the "
@@ -167,7 +178,7 @@ def _titles(arms: List[str]) -> str:
 
 def write_family_report(results: Path, out: Path, command: str = "", dry_run: bool = False) -> Path:
     results, out = Path(results), Path(out)
-    arms = load_summaries(results)
+    arms = in_study_order(load_summaries(results))
     runs = [s for seeds in arms.values() for s in seeds.values()]
     records = load_pretrained_records(results)
     minutes = sum(s["train_seconds"] + s["eval_seconds"] for s in runs) / 60
@@ -183,7 +194,7 @@ def write_family_report(results: Path, out: Path, command: str = "", dry_run: bo
               f"- machine: {'; '.join(sorted({s['cpu'] for s in runs})) or '–'} (CPU model from /proc/cpuinfo)",
               f"- generated: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
               f"- runs: {len(runs)}; training + evaluation time: {minutes:.1f} min; seeds per arm: "
-              + ", ".join(f"{arm_title(a)} {len(s)}" for a, s in arms.items()),
+              + "; ".join(f"{arm_title(a)}: {len(s)}" for a, s in arms.items()),
               f"- seeds, with the pretrained start and machine that made their runs (a seed's arms share a start; "
               f"differences pair within a seed, and the seeds are pooled): {_seed_units(runs) or '–'}",
               f"- validation images: {', '.join(map(str, images)) or '–'}; pretrained starts (sha256, where and how "
