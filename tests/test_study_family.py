@@ -60,7 +60,23 @@ def test_report_from_hand_made_summaries(tmp_path):
     assert "| RetinaNet + QFL | class score | – (no separate estimate)" in text
     assert "Ranked by the paired AP difference against RetinaNet: IoU-aware (+1.00" in text
     assert "from one pretrained start;" in text
+    assert "- It rests on 5 seeds that every arm has." in text  # the protocol's 5: not provisional
+    # RetinaNet and IoU-aware have published COCO counterparts (36.5 < 36.9): the same order here
+    assert "of the 1 pairs of arms with published counterparts, ordered as on COCO here: RetinaNet < IoU-aware " \
+           "(separated); ordered against COCO (as measured here): none." in text
     assert (tmp_path / "images" / "family_ap_vs_ap90.png").is_file()
+
+
+def test_a_report_of_fewer_seeds_than_the_protocol_says_so_and_a_reversed_pair_is_named(tmp_path):
+    runs = tmp_path / "results" / "runs"
+    runs.mkdir(parents=True)
+    for seed, noise in enumerate((0.1, -0.2)):
+        for arm, ap in (("retinanet", 40.0), ("vfl", 39.0)):  # COCO has VFL above RetinaNet
+            (runs / f"{arm}_seed{seed}.json").write_text(json.dumps(_summary(arm, seed, ap + noise, 40.0, 50.0)))
+    text = write_family_report(tmp_path / "results", tmp_path / "family.md").read_text()
+    assert "- It rests on 2 seeds that every arm has, fewer than the 5 the protocol asks for" in text
+    assert "ordered as on COCO here: none; ordered against COCO (as measured here): RetinaNet + VFL ≤ RetinaNet " \
+           "(separated)." in text
 
 
 def test_arm_titles():
