@@ -2,8 +2,9 @@
 
 The shapes pretraining is deterministic on one CPU type, but another type may make another
 start: the same recipe, other last bits, and after thousands of steps another network (an Intel
-Xeon with AMX made 48e7aebb; two AMD EPYC generations, family 25 and 26, both made cd307147). Runs pair only when they share a start, so a seed belongs to the start
-its first paper-regime run used. A machine that makes another start leaves that seed alone —
+Xeon with AMX made 48e7aebb; two AMD EPYC generations, family 25 and 26, both made cd307147).
+Runs pair only when they share a start, so a seed belongs to the start its first paper-regime
+run used. A machine that makes another start leaves that seed alone —
 its summaries are kept, never redone or overwritten — and works on the seeds that are its own
 (no runs yet, or runs from its start); the report pairs within each seed and pools the seeds.
 """
