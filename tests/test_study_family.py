@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from iadet.tools.family_report import arm_title, gap_closed, in_study_order, write_family_report
+from iadet.tools.family_report import arm_title, gap_closed, in_study_order, plot_points, write_family_report
 from iadet.tools.study_family import EVAL_VARIANTS, VARIANT_BASES, arms_of, main, plan, variant_run
 
 
@@ -65,6 +65,20 @@ def test_report_from_hand_made_summaries(tmp_path):
     assert "of the 1 pairs of arms with published counterparts, ordered as on COCO here: RetinaNet < IoU-aware " \
            "(separated); ordered against COCO (as measured here): none." in text
     assert (tmp_path / "images" / "family_ap_vs_ap90.png").is_file()
+
+
+def test_the_plot_shows_means_and_the_paired_differences_against_retinanet():
+    arms = {arm: {seed: _summary(arm, seed, ap + noise, 40.0, 50.0, ap90=ap90 + 2 * noise)
+                  for seed, noise in enumerate((0.1, -0.2, 0.3))}
+            for arm, ap, ap90 in (("retinanet", 40.0, 5.0), ("iou_aware", 41.5, 6.0))}
+    (retina, *_), (iou, ap, ap90, dap, dap90) = plot_points(in_study_order(arms))
+    assert retina == "RetinaNet" and plot_points(arms)[0][3:] == (None, None)  # no difference with itself
+    assert iou == "IoU-aware" and ap.mean == pytest.approx(41.5 + 0.2 / 3) and ap.low < ap.mean < ap.high
+    assert ap90.mean == pytest.approx(6.0 + 0.4 / 3)
+    # paired by seed, the noise cancels: exact differences with zero-width intervals
+    assert (dap.mean, dap.low, dap.high) == pytest.approx((1.5, 1.5, 1.5))
+    assert (dap90.mean, dap90.low, dap90.high) == pytest.approx((1.0, 1.0, 1.0))
+    assert plot_points({"iou_aware": arms["iou_aware"]})[0][3:] == (None, None)  # without RetinaNet: means only
 
 
 def test_a_report_of_fewer_seeds_than_the_protocol_says_so_and_a_reversed_pair_is_named(tmp_path):
