@@ -55,7 +55,11 @@ def test_report_from_hand_made_summaries(tmp_path):
             s = _summary(arm, seed, ap + noise, 40.0 + noise, 50.0 + noise, estimate=estimate)
             (runs / f"{arm}_seed{seed}.json").write_text(json.dumps(s))
     text = write_family_report(tmp_path / "results", tmp_path / "family.md").read_text()
-    assert "| IoU-aware | 5 |" in text and "+1.00 [" in text  # ΔAP vs RetinaNet, exact per seed
+    assert "| IoU-aware | 5 | 41.00 | 70.00 | 41.00 | 5.00 |" in text  # means over seeds (the noise sums to 0)
+    # every metric paired against RetinaNet (AP50 is 70 in every run, AP75 follows AP): exact per seed
+    assert "| IoU-aware | 5 | +1.00 [+1.00, +1.00] | +0.00 [+0.00, +0.00] | +1.00 [+1.00, +1.00] | +0.00 [+0.00, " \
+           "+0.00] |" in text
+    assert "| RetinaNet | 5 | -1.00 [-1.00, -1.00] | +0.00 [+0.00, +0.00] | -1.00 [-1.00, -1.00] |" in text  # vs IoU-aware
     assert "| IoU-aware | quality branch | +0.10 [" in text  # gap closed (41 - 40) / (50 - 40)
     assert "| RetinaNet + QFL | class score | – (no separate estimate)" in text
     assert "Ranked by the paired AP difference against RetinaNet: IoU-aware (+1.00" in text
