@@ -11,7 +11,7 @@ import datetime
 import json
 import statistics
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from iadet.io import atomic_write_text
 from iadet.tools.study_report import (_per_seed, _table, describe_pretrained_starts, load_pretrained_records,
@@ -91,6 +91,16 @@ def _mean(values: List[float]) -> Optional[float]:
     return statistics.fmean(values) if values else None
 
 
+def _at(col: str) -> Callable[[Dict], Optional[float]]:
+    """A summary's value of one metric (the configured score)."""
+    return lambda summary: metric(summary, col)
+
+
+def _variant_base(arm: str) -> Optional[str]:
+    """The arm whose checkpoint an evaluation-time variant re-evaluates (None for a trained arm)."""
+    return next((arm[:-len(v) - 1] for v in VARIANT_TITLES if arm.endswith(f"_{v}")), None)
+
+
 def _arm_rows(arms) -> List[List]:
     """Per arm: its number of seeds and the mean of each metric over them."""
     return [[arm_title(arm), len(seeds),
@@ -98,36 +108,46 @@ def _arm_rows(arms) -> List[List]:
             for arm, seeds in arms.items()]
 
 
-def _difference_rows(arms, other: str) -> List[List]:
-    """Per arm but ``other``: the paired difference of each metric against ``other`` with its
-    interval, and the number of seeds it pairs on."""
-    at = lambda col: (lambda s: metric(s, col))  # noqa: E731
+def _difference_rows(arms, other: Optional[str]) -> List[List]:
+    """Per arm: the paired difference of each metric against ``other`` with its interval, and the
+    number of seeds it pairs on; ``other`` None: each evaluation-time variant against its base."""
     rows = []
     for arm in arms:
-        if arm == other or other not in arms:
+        base = other if other is not None else _variant_base(arm)
+        if base is None or arm == base or base not in arms:
             continue
-        diffs = [paired(arms, arm, other, at(c), at(c)) for c in COLUMNS]
-        rows.append([arm_title(arm), diffs[0].n, *(d.text() for d in diffs)])
+        diffs = [paired(arms, arm, base, _at(c), _at(c)) for c in COLUMNS]
+        rows.append([arm_title(arm) if other else f"{arm_title(arm)} − {arm_title(base)}",
+                     diffs[0].n, *(d.text() for d in diffs)])
     return rows
 
 
+def _fig4_mean(seeds, panel: str, key: str) -> Optional[float]:
+    return _mean([p[key] for s in seeds.values() for p in (s.get("confidence_vs_iou_eval") or [])
+                  if p["panel"].startswith(panel) and p.get(key) is not None])
+
+
 def _estimator_rows(arms) -> List[List]:
+    """Per trained arm with an estimate: the gap it closes, its calibration and Fig. 4. The
+    evaluation-time variants are left out: their network is their base's, and their suppression
+    (IoU-guided NMS ranks by the estimate, or by IoU_truth in the bound) changes the terms."""
     rows = []
     for arm, seeds in arms.items():
         gaps = [g for g in (gap_closed(s) for s in seeds.values()) if g is not None]
         calib = [s["calibration"] for s in seeds.values() if s.get("calibration")]
-        if not gaps and not calib:
+        if _variant_base(arm) or (not gaps and not calib):
             continue
         estimate = next((s.get("calibration_estimate") for s in seeds.values() if s.get("calibration_estimate")),
                         "quality branch")
         d = paired_difference(gaps)
-        mae = _mean([c["mae"] for c in calib if c.get("mae") is not None])
-        pearson = _mean([c["pearson"] for c in calib if c.get("pearson") is not None])
-        fig4 = [p for s in seeds.values() for p in (s.get("confidence_vs_iou_eval") or [])
-                if p["panel"].startswith("Eq. 7, predicted")]
-        rows.append([arm_title(arm), estimate, d.text() if gaps else "– (no separate estimate)", _per_seed(d) if gaps else "–",
-                     mae, pearson, _mean([p["pearson"] for p in fig4 if p.get("pearson") is not None]),
-                     _mean([p["spearman"] for p in fig4 if p.get("spearman") is not None])])
+        # Fig. 4's confidence: Eq. 7 with the estimate, or the class score where it is the estimate
+        confidence = "Eq. 7, predicted" if estimate != "class score" else "classification score p"
+        rows.append([arm_title(arm), estimate, d.text() if gaps else "– (no separate estimate)",
+                     _per_seed(d) if gaps else "–",
+                     _mean([c["mae"] for c in calib if c.get("mae") is not None]),
+                     _mean([c["pearson"] for c in calib if c.get("pearson") is not None]),
+                     *(_fig4_mean(seeds, confidence, k) for k in ("pearson", "spearman")),
+                     _fig4_mean(seeds, "classification score p", "pearson")])
     return rows
 
 
@@ -135,7 +155,6 @@ def plot_points(arms) -> List[tuple]:
     """Per arm: (title, AP, AP90, ΔAP, ΔAP90), each a :class:`PairedDifference`: AP and AP90 are the
     means over seeds with their t intervals; ΔAP and ΔAP90 are paired by seed against RetinaNet
     (None for RetinaNet itself or without it)."""
-    at = lambda col: (lambda s: metric(s, col))  # noqa: E731
     points = []
     for arm, seeds in arms.items():
         ap = [s["metrics"]["AP"] for s in seeds.values() if s["metrics"].get("AP") is not None]
@@ -143,7 +162,7 @@ def plot_points(arms) -> List[tuple]:
         if not (ap and ap90):
             continue
         against = arm != "retinanet" and "retinanet" in arms
-        deltas = [paired(arms, arm, "retinanet", at(c), at(c)) if against else None for c in ("AP", "AP90")]
+        deltas = [paired(arms, arm, "retinanet", _at(c), _at(c)) if against else None for c in ("AP", "AP90")]
         points.append((arm_title(arm), paired_difference(ap), paired_difference(ap90), *deltas))
     return points
 
@@ -189,49 +208,95 @@ def _plot(arms, path: Path) -> Optional[Path]:
     return path
 
 
+def _common_seeds(arms) -> List[int]:
+    """The seeds every arm has, with all of that seed's runs from one pretrained start."""
+    seeds = set.intersection(*(set(by_seed) for by_seed in arms.values())) if arms else set()
+    return sorted(seed for seed in seeds
+                  if len({arms[a][seed].get("pretrained_sha256") for a in arms}) == 1)
+
+
+def _separated(d) -> str:
+    return "separated" if d.low is not None and (d.low > 0 or d.high < 0) else "not separated"
+
+
+def _listed(pairs) -> str:
+    return "; ".join(f"{title} ({d.text()})" for title, d in pairs) or "none"
+
+
 def _reading(arms, starts: int) -> List[str]:
-    """The ranking by paired ΔAP against RetinaNet, what the intervals allow, the published order."""
-    at = lambda s: metric(s, "AP")  # noqa: E731
-    ranked = sorted(((arm, paired(arms, arm, "retinanet", at, at)) for arm in arms if arm != "retinanet"),
-                    key=lambda x: -(x[1].mean if x[1].mean is not None else float("-inf")))
+    """The ranking by paired ΔAP against RetinaNet, what the intervals allow, AP90, the gap
+    closed, the evaluation-time variants and ATSS against their own base, the published order."""
+    against = lambda col: [(a, paired(arms, a, "retinanet", _at(col), _at(col)))  # noqa: E731
+                           for a in arms if a != "retinanet" and "retinanet" in arms]
+    ranked = sorted(((a, d) for a, d in against("AP") if d.mean is not None), key=lambda x: -x[1].mean)
     above = [a for a, d in ranked if d.low is not None and d.low > 0]
     below = [a for a, d in ranked if d.high is not None and d.high < 0]
     unclear = [a for a, d in ranked if a not in above and a not in below]
-    n = min((len(seeds) for seeds in arms.values()), default=0)  # the seeds every arm has
-    return ["## Reading (generated from the tables above)", "",
-            "- Ranked by the paired AP difference against RetinaNet: "
-            + ("; ".join(f"{arm_title(a)} ({d.text()})" for a, d in ranked) or "no paired run yet") + ".",
-            f"- Above RetinaNet with the whole 95 % interval: {_titles(above)}; below: {_titles(below)}; "
-            f"not separated from it at this n: {_titles(unclear)}.",
-            f"- It rests on {n} seed{'s' if n != 1 else ''} that every arm has"
-            + (f", fewer than the {MIN_SEEDS} the protocol asks for: provisional, and its intervals are wide"
-               if n < MIN_SEEDS else "") + ".",
-            "- What the ranking does not say: it is one synthetic dataset at CPU scale and a short schedule (the "
-            "study of the paper's claim measured it ~8 AP short of a plateau), from "
-            + ("one pretrained start" if starts == 1 else f"{starts} pretrained starts (every difference pairs within a seed, "
-               "whose arms share one)")
-            + "; arms whose intervals overlap are not ordered by it.",
-            "- The published COCO order (R50 1x, val2017; the full detectors of ATSS and GFL change more than one "
-            "part): " + " < ".join(f"{n} {ap}" for n, ap in PUBLISHED) + ".",
-            "- " + _against_published(arms), ""]
+    high_iou = sorted(((a, d) for a, d in against("AP90") if d.low is not None and d.low > 0), key=lambda x: -x[1].mean)
+    common = _common_seeds(arms)
+    pairs_on = sorted({d.n for _, d in ranked})
+    lines = ["## Reading (generated from the tables above)", "",
+             "- Ranked by the paired AP difference against RetinaNet: "
+             + ("; ".join(f"{arm_title(a)} ({d.text()})" for a, d in ranked) or "no paired run yet") + ".",
+             f"- Above RetinaNet with the whole 95 % interval: {_titles(above)}; below: {_titles(below)}; "
+             f"not separated from it at this n: {_titles(unclear)}.",
+             "- At AP90 (the high-IoU end the paper aims at), above RetinaNet with the whole interval: "
+             + _listed((arm_title(a), d) for a, d in high_iou) + ".",
+             f"- It rests on {len(common)} seed{'s' if len(common) != 1 else ''} that every arm has"
+             + (f" ({', '.join(map(str, common))})" if common else "")
+             + (f", fewer than the {MIN_SEEDS} the protocol asks for: provisional, and its intervals are wide"
+                if len(common) < MIN_SEEDS else "")
+             + (f"; each difference against RetinaNet pairs on {pairs_on[0]}–{pairs_on[-1]} seeds"
+                if pairs_on and pairs_on[0] != pairs_on[-1] else "") + "."]
+    gaps = [(arm_title(a), paired_difference([g for g in map(gap_closed, seeds.values()) if g is not None]))
+            for a, seeds in arms.items() if not _variant_base(a)]
+    gaps = sorted(((t, d) for t, d in gaps if d.mean is not None), key=lambda x: -x[1].mean)
+    if gaps:
+        lines.append("- Share of the IoU_truth gap closed by each separate estimate, largest first: " + _listed(gaps)
+                     + ". What is left between the estimate and IoU_truth is the paper's open problem.")
+    variants = [(f"{arm_title(a)} − {arm_title(base)}", paired(arms, a, base, _at("AP"), _at("AP")))
+                for a, base in ((a, _variant_base(a)) for a in arms) if base in arms]
+    if variants:
+        lines.append("- The evaluation-time variants against their own model (same checkpoint, ΔAP): "
+                     + _listed(variants) + ".")
+    for a in arms:
+        if a.startswith("atss_") and a[5:] in arms:
+            d = paired(arms, a, a[5:], _at("AP"), _at("AP"))
+            best = ranked[0][0] if ranked else None
+            lines.append(f"- ATSS on {arm_title(a[5:])} (`--atss-with {a[5:]}`): {d.text()} AP against the same arm "
+                         f"without it ({_separated(d)}); on COCO the ATSS detector is 2.9 AP above RetinaNet, but it "
+                         "also changes the head (one anchor per position, centerness, GroupNorm), not only the "
+                         "assignment."
+                         + (f" The best arm here is {arm_title(best)}; ATSS has not been trained on it."
+                            if best and best not in (a, a[5:]) else ""))
+    lines += ["- What the ranking does not say: it is one synthetic dataset at CPU scale and a short schedule (the "
+              "study of the paper's claim measured it ~8 AP short of a plateau), from "
+              + ("one pretrained start" if starts == 1 else f"{starts} pretrained starts (every difference pairs "
+                 "within a seed, whose arms share one)")
+              + "; two arms are ordered by their own paired difference (the tables give it against RetinaNet and "
+              "against IoU-aware), not by whether their intervals against RetinaNet overlap; and each interval is "
+              "a 95 % interval on its own, not corrected for the number of comparisons (about one in twenty "
+              "differences that are really zero would look separated).",
+              "- The published COCO order (R50 1x, val2017; the full detectors of ATSS and GFL change more than one "
+              "part): " + " < ".join(f"{n} {ap}" for n, ap in PUBLISHED) + ".",
+              "- " + _against_published(arms), ""]
+    return lines
 
 
 def _against_published(arms) -> str:
     """Each pair of arms with a published COCO counterpart: ordered here as on COCO or not, and
     whether the paired interval separates them."""
-    at = lambda s: metric(s, "AP")  # noqa: E731
     keys = [a for a in PUBLISHED_ARMS if a in arms]
     same, other = [], []
     for i, low in enumerate(keys):
         for high in keys[i + 1:]:  # PUBLISHED_ARMS ascends: COCO puts ``high`` above ``low``
-            d = paired(arms, high, low, at, at)
+            d = paired(arms, high, low, _at("AP"), _at("AP"))
             if d.mean is None:
                 continue
-            separated = " (separated)" if d.low is not None and (d.low > 0 or d.high < 0) else ""
             if d.mean > 0:
-                same.append(f"{arm_title(low)} < {arm_title(high)}{separated}")
+                same.append(f"{arm_title(low)} < {arm_title(high)} ({_separated(d)})")
             else:  # written in the order measured here
-                other.append(f"{arm_title(high)} ≤ {arm_title(low)}{separated}")
+                other.append(f"{arm_title(high)} ≤ {arm_title(low)} ({_separated(d)})")
     if not same and not other:
         return "Against the published order: no pair of arms with published counterparts has a paired run yet."
     return (f"Against the published order, of the {len(same) + len(other)} pairs of arms with published counterparts, "
@@ -260,24 +325,34 @@ def write_family_report(results: Path, out: Path, command: str = "", dry_run: bo
     lines += [f"- command{'s' if len(commands) > 1 else ''}: " + "; ".join(f"`{c}`" for c in commands),
               f"- machine: {'; '.join(sorted({s['cpu'] for s in runs})) or '–'} (CPU model from /proc/cpuinfo)",
               f"- generated: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-              f"- runs: {len(runs)}; training + evaluation time: {minutes:.1f} min; seeds per arm: "
+              f"- runs: {len(runs)}; wall time: {minutes:.1f} min of training and evaluation (the runs ran one "
+              "after another, over sessions: the sum of their times; pretraining apart, below); seeds per arm: "
               + "; ".join(f"{arm_title(a)}: {len(s)}" for a, s in arms.items()),
               f"- seeds, with the pretrained start and machine that made their runs (a seed's arms share a start; "
               f"differences pair within a seed, and the seeds are pooled): {_seed_units(runs) or '–'}",
               f"- validation images: {', '.join(map(str, images)) or '–'}; pretrained starts (sha256, where and how "
               f"long it was made, its held-out accuracy): {describe_pretrained_starts(runs, records)}", ""]
     lines += ["## Every arm (configured score; means over seeds)", "",
+              "Each arm's mean over its own seeds; arms with other seeds are compared in the paired tables below.", "",
               *_table(["arm", "n", *(f"mean {c}" for c in COLUMNS)], _arm_rows(arms))]
-    for other in ("retinanet", "iou_aware"):
-        lines += [f"## Paired differences against {arm_title(other)} (per seed, mean with its 95 % t interval)", "",
-                  *_table(["arm", "paired seeds", *(f"Δ{c}" for c in COLUMNS)], _difference_rows(arms, other))]
+    for other, heading in (("retinanet", "Paired differences against RetinaNet"),
+                           ("iou_aware", "Paired differences against IoU-aware"),
+                           (None, "Evaluation-time variants against their own model, same checkpoint")):
+        rows = _difference_rows(arms, other)
+        if rows:
+            lines += [f"## {heading} (per seed, mean with its 95 % t interval)", "",
+                      *_table(["arm", "paired seeds", *(f"Δ{c}" for c in COLUMNS)], rows)]
     lines += ["## How much of the IoU_truth gap each estimate closes", "",
-              "Gap closed = (AP with the estimate − AP with the class score alone) / (AP with IoU_truth − AP with the "
-              f"class score alone), at α {CONFIGURED_ALPHA}, per seed, then the mean with its 95 % t interval. "
-              "Calibration: mean absolute error and Pearson r of the estimate against IoU_truth on detections with "
-              "IoU_truth ≥ 0.5; Fig. 4: correlation of the confidence with IoU_eval.", "",
+              "Gap closed = (AP with the estimate − AP with the class score alone) / (AP with IoU_truth − AP "
+              f"with the class score alone), at α {CONFIGURED_ALPHA}, per seed, then the mean with its 95 % t "
+              "interval; trained arms only (a variant's network is its base's, and IoU-guided NMS would rank by "
+              "IoU_truth in the bound). Calibration: mean absolute error and Pearson r of the estimate against "
+              "IoU_truth (each detection's largest IoU with any ground-truth box, the paper's Table 6) on the "
+              "detections after NMS with IoU_truth ≥ 0.5, at the α of the sweep's best AP; the MAE of a centerness "
+              "or class-score estimate is not on the IoU scale. Fig. 4: correlation of the confidence (Eq. 7 with "
+              "the estimate; the class score for QFL and VFL) with IoU_eval, and of the class score p alone.", "",
               *_table(["arm", "estimate", "gap closed [95 % CI]", "per seed", "calibration MAE", "calibration r",
-                       "Fig. 4 Pearson", "Fig. 4 Spearman"], _estimator_rows(arms))]
+                       "Fig. 4 Pearson", "Fig. 4 Spearman", "Fig. 4 Pearson, p alone"], _estimator_rows(arms))]
     plot = _plot(arms, out.parent / "images" / f"{out.stem}_ap_vs_ap90.png")
     if plot:
         lines += ["## AP against AP90", "",
