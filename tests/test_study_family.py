@@ -135,6 +135,18 @@ def test_every_metric_in_its_column_variants_against_their_base_and_atss_against
            "(+12.00 [+12.00, +12.00]); IoU-aware (+4.00" in text
 
 
+def test_the_reading_says_whether_atss_is_on_the_best_arm(tmp_path):
+    arms = (("retinanet", 40.0), ("vfl", 43.0), ("atss_vfl", 44.0), ("iou_aware", 41.0), ("atss_iou_aware", 40.5))
+    text = _write(tmp_path, [_summary(arm, seed, ap + 0.1 * seed, 40.0, 50.0) for arm, ap in arms for seed in range(2)])
+    assert "- ATSS on RetinaNet + VFL (`--atss-with vfl`): +1.00 [+1.00, +1.00] AP against the same arm" in text
+    assert "- ATSS on IoU-aware (`--atss-with iou_aware`): -0.50 [-0.50, -0.50] AP" in text
+    assert "ATSS has not been trained on it" not in text  # VFL is the best arm without ATSS, and has it
+    (tmp_path / "results" / "runs" / "atss_vfl_seed0.json").unlink()
+    (tmp_path / "results" / "runs" / "atss_vfl_seed1.json").unlink()
+    text = write_family_report(tmp_path / "results", tmp_path / "family.md").read_text()
+    assert "The best arm here is RetinaNet + VFL; ATSS has not been trained on it." in text
+
+
 def test_the_reading_counts_the_seeds_every_arm_shares_from_one_start(tmp_path):
     summaries = [_summary("retinanet", seed, 40.0, 40.0, 50.0) for seed in range(5)]
     summaries += [_summary("iou_aware", seed, 41.0, 40.0, 50.0) for seed in range(1, 6)]
