@@ -147,6 +147,23 @@ def test_the_reading_says_whether_atss_is_on_the_best_arm(tmp_path):
     assert "The best arm here is RetinaNet + VFL; ATSS has not been trained on it." in text
 
 
+def test_the_reading_pairs_the_top_arm_directly_with_the_arms_it_overlaps(tmp_path):
+    # against RetinaNet: VFL +3 [+2.49, +3.51], QFL +2.8 [+2.27, +3.33] overlap; IoU-aware +1 [+1, +1] does not.
+    # VFL − QFL per seed: 0.1, 0.1, -0.1, -0.1, 0: +0.20, sd 0.1, half-width 2.776 * 0.1 / sqrt(5) = 0.12
+    vfl, qfl = (0.5, -0.5, 0.3, -0.3, 0.0), (0.4, -0.6, 0.4, -0.2, 0.0)
+    summaries = [_summary(arm, seed, ap, 40.0, 50.0) for seed in range(5)
+                 for arm, ap in (("retinanet", 40.0), ("vfl", 43.0 + vfl[seed]), ("qfl", 42.8 + qfl[seed]),
+                                 ("iou_aware", 41.0), ("iou_aware_soft_nms", 42.9 + qfl[seed]))]
+    text = _write(tmp_path, summaries)
+    line = next(l for l in text.splitlines() if l.startswith("- The top arm"))
+    assert line == ("- The top arm, RetinaNet + VFL, paired directly with each arm whose interval against RetinaNet "
+                    "overlaps its own (ΔAP): − RetinaNet + QFL +0.20 [+0.08, +0.32] (separated).")  # no variant
+    far = [_summary(arm, seed, ap, 40.0, 50.0) for seed in range(2) for arm, ap in (("retinanet", 40.0), ("vfl", 43.0),
+                                                                                    ("iou_aware", 41.0))]
+    assert "- The top arm, RetinaNet + VFL: its interval against RetinaNet overlaps no other trained arm's." \
+        in _write(tmp_path / "far", far)
+
+
 def test_the_reading_counts_the_seeds_every_arm_shares_from_one_start(tmp_path):
     summaries = [_summary("retinanet", seed, 40.0, 40.0, 50.0) for seed in range(5)]
     summaries += [_summary("iou_aware", seed, 41.0, 40.0, 50.0) for seed in range(1, 6)]

@@ -45,9 +45,9 @@ def arm_title(name: str) -> str:
     from iadet.tools.study_family import FAMILY_ARMS
 
     titles = {a.name: a.title for a in FAMILY_ARMS}
-    for variant, title in VARIANT_TITLES.items():
-        if name.endswith(f"_{variant}"):
-            return f"{arm_title(name[:-len(variant) - 1])} with {title}"
+    base = _variant_base(name)
+    if base is not None:
+        return f"{arm_title(base)} with {VARIANT_TITLES[name[len(base) + 1:]]}"
     if name.startswith("atss_") and name[5:] in titles:
         return f"{titles[name[5:]]} + ATSS"
     return titles.get(name, name)
@@ -223,6 +223,22 @@ def _listed(pairs) -> str:
     return "; ".join(f"{title} ({d.text()})" for title, d in pairs) or "none"
 
 
+def _top_against_close(arms, ranked) -> List[str]:
+    """The top trained arm paired directly with each trained arm whose interval against RetinaNet
+    overlaps its own: overlapping intervals against a common reference do not order two arms."""
+    trained = [(a, d) for a, d in ranked if not _variant_base(a)]
+    if len(trained) < 2 or trained[0][1].low is None:
+        return []
+    top, top_d = trained[0]
+    close = [a for a, d in trained[1:] if d.high is not None and d.high >= top_d.low]
+    if not close:
+        return [f"- The top arm, {arm_title(top)}: its interval against RetinaNet overlaps no other trained arm's."]
+    diffs = [(a, paired(arms, top, a, _at("AP"), _at("AP"))) for a in close]
+    return [f"- The top arm, {arm_title(top)}, paired directly with each arm whose interval against RetinaNet "
+            "overlaps its own (ΔAP): " + "; ".join(f"− {arm_title(a)} {d.text()} ({_separated(d)})" for a, d in diffs)
+            + "."]
+
+
 def _reading(arms, starts: int) -> List[str]:
     """The ranking by paired ΔAP against RetinaNet, what the intervals allow, AP90, the gap
     closed, the evaluation-time variants and ATSS against their own base, the published order."""
@@ -240,6 +256,7 @@ def _reading(arms, starts: int) -> List[str]:
              + ("; ".join(f"{arm_title(a)} ({d.text()})" for a, d in ranked) or "no paired run yet") + ".",
              f"- Above RetinaNet with the whole 95 % interval: {_titles(above)}; below: {_titles(below)}; "
              f"not separated from it at this n: {_titles(unclear)}.",
+             *_top_against_close(arms, ranked),
              "- At AP90 (the high-IoU end the paper aims at), above RetinaNet with the whole interval: "
              + _listed((arm_title(a), d) for a, d in high_iou) + ".",
              f"- It rests on {len(common)} seed{'s' if len(common) != 1 else ''} that every arm has"
