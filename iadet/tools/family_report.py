@@ -292,9 +292,9 @@ def _reading(arms, starts: int) -> List[str]:
               + ("one pretrained start" if starts == 1 else f"{starts} pretrained starts (every difference pairs "
                  "within a seed, whose arms share one)")
               + "; two arms are ordered by their own paired difference (the tables give it against RetinaNet and "
-              "against IoU-aware), not by whether their intervals against RetinaNet overlap; and each interval is "
-              "a 95 % interval on its own, not corrected for the number of comparisons (about one in twenty "
-              "differences that are really zero would look separated).",
+              "against IoU-aware, the line on the top arm against its near rivals), not by whether their intervals "
+              "against RetinaNet overlap; and each interval is a 95 % interval on its own, not corrected for the "
+              "number of comparisons (about one in twenty differences that are really zero would look separated).",
               "- The published COCO order (R50 1x, val2017; the full detectors of ATSS and GFL change more than one "
               "part): " + " < ".join(f"{n} {ap}" for n, ap in PUBLISHED) + ".",
               "- " + _against_published(arms), ""]
