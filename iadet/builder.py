@@ -200,7 +200,8 @@ def build_criterion(cfg):
 
     a, l = cfg.model.assigner, cfg.model.loss
     if a.type == "atss":
-        assigner = ATSSAssigner(topk=a.atss_topk, ignore_iof_thr=a.ignore_iof_thr)
+        per_location = build_anchor_generator(cfg).num_anchors_per_location if a.atss_topk_unit == "location" else 1
+        assigner = ATSSAssigner(topk=a.atss_topk, ignore_iof_thr=a.ignore_iof_thr, anchors_per_location=per_location)
     else:
         assigner = MaxIoUAssigner(pos_iou_thr=a.pos_iou_thr, neg_iou_thr=a.neg_iou_thr, min_pos_iou=a.min_pos_iou,
                                   low_quality=a.low_quality, ignore_iof_thr=a.ignore_iof_thr)

@@ -11,16 +11,18 @@ from iadet.tools.study_family import EVAL_VARIANTS, VARIANT_BASES, arms_of, main
 def test_the_arms_of_the_issue_and_atss_on_the_chosen_one():
     names = [a.name for a in arms_of("iou_aware")]
     assert names == ["retinanet", "iou_aware", "iou_aware_grad", "aligned", "aligned_grad", "centerness", "qfl", "vfl",
-                     "atss_iou_aware"]
-    atss = arms_of("vfl")[-1]
-    assert atss.name == "atss_vfl" and atss.config == "configs/mini/family/vfl.yaml"
-    assert atss.opts == ("model.assigner.type=atss",)
+                     "atss_loc_iou_aware", "atss_iou_aware"]
+    authors, per_anchor = arms_of("vfl")[-2:]
+    assert authors.name == "atss_loc_vfl" and authors.config == "configs/mini/family/vfl.yaml"
+    assert authors.opts == ("model.assigner.type=atss", "model.assigner.atss_topk_unit=location")
+    # the count of the runs made before atss_topk_unit existed: same options, so the same fingerprint
+    assert per_anchor.name == "atss_vfl" and per_anchor.opts == ("model.assigner.type=atss",)
     with pytest.raises(ValueError, match="--atss-with"):
         arms_of("gfl")
     with pytest.raises(ValueError, match="--arms"):
         arms_of("iou_aware", ["gfl"])
     runs = plan([0, 1], arms_of("iou_aware"))
-    assert [r.seed for r in runs[:9]] == [0] * 9 and all(r.curve == (r.seed == 0) for r in runs)
+    assert [r.seed for r in runs[:10]] == [0] * 10 and all(r.curve == (r.seed == 0) for r in runs)
     variant = variant_run(runs[1], "iou_guided_nms")
     assert variant.name == "iou_aware_iou_guided_nms_seed0" and variant.arm.opts[-1] == "model.test.alpha=1.0"
     assert set(VARIANT_BASES) == {"iou_aware", "iou_aware_grad"} and set(EVAL_VARIANTS) == {"soft_nms", "iou_guided_nms"}
@@ -32,7 +34,7 @@ def _summary(arm, seed, ap, ap1, truth, ap90=5.0, estimate="quality branch"):
              {"iou_source": "truth", "alpha": "0.5", "AP": truth, "AP90": ap90 + 10}]
     return {"run": f"{arm}_seed{seed}", "arm": arm, "seed": seed, "regime": "paper", "role": "family",
             "cpu": "test CPU", "train_seconds": 60.0, "eval_seconds": 6.0, "pretrained_sha256": "f" * 64,
-            "metrics": {"AP": ap, "AP50": 70.0, "AP75": ap, "AP90": ap90, "num_images": 1000},
+            "metrics": {"AP": ap, "AP50": 70.0, "AP75": ap, "AP90": ap90, "APl": ap + 5, "num_images": 1000},
             "alpha_sweep": sweep, "calibration": {"mae": 0.1, "pearson": 0.5}, "calibration_estimate": estimate,
             "confidence_vs_iou_eval": [{"panel": "Eq. 7, predicted IoU, α=0.5", "pearson": 0.4, "spearman": 0.45}]}
 
@@ -128,23 +130,28 @@ def test_every_metric_in_its_column_variants_against_their_base_and_atss_against
     assert "Soft-NMS" not in gap_table  # a variant's network is its base's: not an estimator of its own
     # QFL / VFL: Fig. 4 of their confidence, the class score
     assert "| RetinaNet + VFL | class score | – (no separate estimate) | – | 0.10 | 0.50 | 0.60 | 0.30 | 0.60 |" in text
-    assert "- ATSS on IoU-aware (`--atss-with iou_aware`): -0.75 [-0.75, -0.75] AP against the same arm without it " \
-           "(separated);" in text
-    assert "The best arm here is RetinaNet + VFL; ATSS has not been trained on it." in text
+    assert "- IoU-aware + ATSS (k in anchors) (`--atss-with iou_aware`) against IoU-aware: -0.75 [-0.75, -0.75] AP " \
+           "(separated), -0.75 [-0.75, -0.75] APl." in text
+    assert "The best arm here is RetinaNet + VFL; ATSS, counted in locations, has not been trained on it." in text
     assert "- At AP90 (the high-IoU end the paper aims at), above RetinaNet with the whole interval: RetinaNet + VFL " \
            "(+12.00 [+12.00, +12.00]); IoU-aware (+4.00" in text
 
 
 def test_the_reading_says_whether_atss_is_on_the_best_arm(tmp_path):
-    arms = (("retinanet", 40.0), ("vfl", 43.0), ("atss_vfl", 44.0), ("iou_aware", 41.0), ("atss_iou_aware", 40.5))
+    arms = (("retinanet", 40.0), ("vfl", 43.0), ("atss_loc_vfl", 44.0), ("atss_vfl", 42.5), ("iou_aware", 41.0),
+            ("atss_iou_aware", 40.5))
     text = _write(tmp_path, [_summary(arm, seed, ap + 0.1 * seed, 40.0, 50.0) for arm, ap in arms for seed in range(2)])
-    assert "- ATSS on RetinaNet + VFL (`--atss-with vfl`): +1.00 [+1.00, +1.00] AP against the same arm" in text
-    assert "- ATSS on IoU-aware (`--atss-with iou_aware`): -0.50 [-0.50, -0.50] AP" in text
-    assert "ATSS has not been trained on it" not in text  # VFL is the best arm without ATSS, and has it
-    (tmp_path / "results" / "runs" / "atss_vfl_seed0.json").unlink()
-    (tmp_path / "results" / "runs" / "atss_vfl_seed1.json").unlink()
+    assert "- RetinaNet + VFL + ATSS (`--atss-with vfl`) against RetinaNet + VFL: +1.00 [+1.00, +1.00] AP (separated)" \
+        in text
+    assert "- IoU-aware + ATSS (k in anchors) (`--atss-with iou_aware`) against IoU-aware: -0.50 [-0.50, -0.50] AP" in text
+    assert "- On RetinaNet + VFL, ATSS's 9 candidates per level counted in locations (the ATSS authors) rather than " \
+           "in anchors (mmdetection; one location on 9 anchors): +1.50 [+1.50, +1.50] AP (separated)." in text
+    assert "On IoU-aware, ATSS's" not in text  # one count only: nothing to pair
+    assert "has not been trained on it" not in text  # VFL is the best arm without ATSS, and has it
+    for seed in range(2):
+        (tmp_path / "results" / "runs" / f"atss_loc_vfl_seed{seed}.json").unlink()
     text = write_family_report(tmp_path / "results", tmp_path / "family.md").read_text()
-    assert "The best arm here is RetinaNet + VFL; ATSS has not been trained on it." in text
+    assert "The best arm here is RetinaNet + VFL; ATSS, counted in locations, has not been trained on it." in text
 
 
 def test_the_reading_pairs_the_top_arm_directly_with_the_arms_it_overlaps(tmp_path):
@@ -182,17 +189,20 @@ def test_a_report_without_retinanet_has_no_table_against_it(tmp_path):
 
 def test_arm_titles():
     assert arm_title("qfl") == "RetinaNet + QFL" and arm_title("aligned_grad") == "aligned IoU-aware †"
-    assert arm_title("atss_iou_aware") == "IoU-aware + ATSS"
+    assert arm_title("atss_loc_iou_aware") == "IoU-aware + ATSS"
+    assert arm_title("atss_iou_aware") == "IoU-aware + ATSS (k in anchors)"
+    assert arm_title("atss_loc_aligned_grad") == "aligned IoU-aware † + ATSS"
     assert arm_title("iou_aware_grad_soft_nms") == "IoU-aware † with Soft-NMS (Gaussian)"
     assert arm_title("iou_aware_iou_guided_nms") == "IoU-aware with IoU-guided NMS"
     assert arm_title("something_new") == "something_new"
 
 
 def test_arms_are_reported_in_the_order_the_study_defines_them():
-    keys = ["vfl", "iou_aware_grad_soft_nms", "aligned", "zz_unknown", "atss_iou_aware", "retinanet",
+    keys = ["vfl", "iou_aware_grad_soft_nms", "aligned", "zz_unknown", "atss_iou_aware", "retinanet", "atss_loc_vfl",
             "iou_aware_soft_nms", "iou_aware", "iou_aware_grad_iou_guided_nms", "iou_aware_grad"]
     assert list(in_study_order({k: {} for k in keys})) == [
-        "retinanet", "iou_aware", "iou_aware_grad", "aligned", "vfl", "atss_iou_aware", "iou_aware_soft_nms",
+        "retinanet", "iou_aware", "iou_aware_grad", "aligned", "vfl", "atss_loc_vfl", "atss_iou_aware",
+        "iou_aware_soft_nms",
         "iou_aware_grad_soft_nms", "iou_aware_grad_iou_guided_nms", "zz_unknown"]
 
 
@@ -224,7 +234,10 @@ def test_dry_run_runs_the_whole_family_study(tmp_path, monkeypatch):
     work = tmp_path / "work"
     assert main(["--dry-run", "--seeds", "0", "--work-dir", str(work)]) == 0
     names = sorted(p.stem for p in (work / "results" / "runs").glob("*.json"))
-    assert len(names) == 9 + 4 and "iou_aware_grad_soft_nms_seed0" in names and "atss_iou_aware_seed0" in names
+    assert len(names) == 10 + 4 and "iou_aware_grad_soft_nms_seed0" in names and "atss_iou_aware_seed0" in names
+    assert "atss_loc_iou_aware_seed0" in names
+    authors = json.loads((work / "results" / "runs" / "atss_loc_iou_aware_seed0.json").read_text())
+    assert "model.assigner.atss_topk_unit=location" in authors["opts"]
     variant = json.loads((work / "results" / "runs" / "iou_aware_iou_guided_nms_seed0.json").read_text())
     assert variant["evaluates"] == "iou_aware_seed0" and variant["learning_curve"] == []  # evaluated, not trained
     assert "model.test.nms=iou_guided" in variant["opts"]

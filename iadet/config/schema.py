@@ -199,9 +199,13 @@ class AssignerConfig:
     """Anchor assignment: max-IoU (SPEC section 2, the paper) or ATSS."""
 
     # max_iou: the thresholds below; atss (Zhang et al. 2020): per ground truth the atss_topk
-    # anchors of each level nearest its centre, positive at IoU >= their mean + std, centre inside.
+    # locations of each level nearest its centre, positive at IoU >= their mean + std, centre inside.
     type: Literal["max_iou", "atss"] = "max_iou"
     atss_topk: int = 9
+    # anchor: atss_topk counts anchors (mmdetection; on 9 anchors per location, k = 9 is one
+    # location per level); location: it counts locations, all anchors of each (the ATSS authors'
+    # code, the configs/family ATSS config). The default reproduces runs made before the choice.
+    atss_topk_unit: Literal["anchor", "location"] = "anchor"
     pos_iou_thr: float = 0.5
     neg_iou_thr: float = 0.4
     min_pos_iou: float = 0.0

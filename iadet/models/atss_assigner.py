@@ -8,10 +8,12 @@ the anchors, of sizes ``num_anchors_per_level``):
 
 1. Centres: ``c = ((x1 + x2) / 2, (y1 + y2) / 2)`` for anchors and ground truths; distance =
    ``sqrt(dx * dx + dy * dy)`` (L2, float32).
-2. Candidates: on each level, the ``min(topk, M_l)`` anchors nearest to g's centre. Ties in
-   distance (all anchors of one location share a centre) go to the LOWEST anchor index.
-   A level with no anchor contributes none. The candidates of all levels are pooled (C of
-   them, the same C for every ground truth).
+2. Candidates: on each level, all anchors of the ``min(topk, M_l / A)`` locations nearest to
+   g's centre, A = ``anchors_per_location`` (a location: A consecutive anchors, as the anchor
+   generator lays them out; its centre: its first anchor's, so that rounding between its
+   shapes cannot split it). Ties in distance go to the LOWEST location (anchor) index. A level
+   with no anchor contributes none. The candidates of all levels are pooled (C of them, the
+   same C for every ground truth).
 3. Threshold: ``t_g = mean + std`` of the C candidates' IoUs with g, ``std`` the UNBIASED
    one (divides by C - 1, ``torch.std``'s default, which mmdetection uses). Computed in float64.
    With C < 2 the std is undefined: no anchor is positive for g.
@@ -27,15 +29,24 @@ the anchors, of sizes ``num_anchors_per_level``):
 ``matched_iou``: IoU with the matched ground truth for positives, the largest IoU with any
 ground truth of the image otherwise (0 without any), as MaxIoUAssigner.
 
-Source followed: mmdetection's ``ATSSAssigner.assign`` (open-mmlab/mmdetection,
+Sources followed: mmdetection's ``ATSSAssigner.assign`` (open-mmlab/mmdetection,
 ``mmdet/models/task_modules/assigners/atss_assigner.py``, and the 2.x
 ``mmdet/core/bbox/assigners/atss_assigner.py``): per-level ``topk(min(k, M_l),
 largest=False)`` on centre distances, ``mean(0) + std(0)``, ``>= threshold``,
 ``min(l, t, r, b) > 0.01``, max-IoU over the claiming ground truths via ``max(dim=1)``.
-Where iadet departs, all on corner cases:
+mmdetection counts k in anchors (its ATSS head has one anchor per location); the ATSS
+authors' code (sfzhang15/ATSS, ``atss_core/modeling/rpn/atss/loss.py``) counts it in
+locations, ``min(TOPK * num_anchors_per_loc, M_l)``, which matters on RetinaNet's 9 anchors
+per location: counted in anchors, k = 9 is one location per level, and the anchors of the
+neighbouring locations, even of IoU 0.5 and more with g, are trained as background.
+``anchors_per_location`` = A follows the authors; 1 is mmdetection's count (both agree for
+A = 1). Where iadet departs, all on corner cases:
 
 * Distance ties: mmdetection leaves the order to ``torch.topk`` (unspecified); iadet picks
   the lowest anchor index, so the result does not depend on the device or the kernel.
+* Counted in locations, the ATSS authors rank each anchor by its own centre, so rounding
+  between the shapes of one location can, at an exact tie of two locations, take anchors
+  from both; iadet ranks whole locations by their first anchor's centre.
 * Threshold statistics in float64 (mmdetection: float32), so e.g. identical candidate IoUs
   give a threshold exactly equal to them. C < 2: mmdetection gets NaN from ``torch.std``,
   hence no positive either; iadet makes that explicit.
@@ -69,16 +80,22 @@ class ATSSAssigner:
     """Adaptive Training Sample Selection (see the module docstring for the exact rule).
 
     Args:
-        topk: candidates per ground truth and pyramid level (9).
+        topk: candidate locations per ground truth and pyramid level (9).
         ignore_iof_thr: non-positive anchors covered by an ignore box with IoF above this
             are ignored; a value <= 0 turns ignore regions off.
+        anchors_per_location: A, the anchors that share a centre (consecutively); each level
+            gives ``topk * A`` candidates (the ATSS authors); 1 counts ``topk`` in anchors
+            (mmdetection).
     """
 
-    def __init__(self, topk: int = 9, ignore_iof_thr: float = 0.5):
+    def __init__(self, topk: int = 9, ignore_iof_thr: float = 0.5, anchors_per_location: int = 1):
         if topk < 1:
             raise ValueError(f"topk must be >= 1, got {topk}")
+        if anchors_per_location < 1:
+            raise ValueError(f"anchors_per_location must be >= 1, got {anchors_per_location}")
         self.topk = topk
         self.ignore_iof_thr = ignore_iof_thr
+        self.anchors_per_location = anchors_per_location
 
     @torch.no_grad()
     def assign(self, anchors: Tensor, gt_boxes: Sequence[Tensor],
@@ -127,19 +144,26 @@ class ATSSAssigner:
 
     def _candidates(self, anchor_centres: Tensor, gt_centres: Tensor, levels: List[int]) -> Tensor:
         """(M, 2) and (N, K, 2) centres -> (N, K, C) indices of each gt's candidate anchors."""
+        per = self.anchors_per_location
         picked, start = [], 0
         for size in levels:
-            k = min(self.topk, size)
+            if size % per:
+                raise ValueError(f"a level of {size} anchors is not whole locations of anchors_per_location={per}")
+            locations = size // per
+            k = min(self.topk, locations)
             if k > 0:
-                centres = anchor_centres[start:start + size]
-                dx = centres[:, 0] - gt_centres[..., 0, None]      # (N, K, M_l)
+                # a location's centre: its first anchor's (its anchors' centres differ by rounding only)
+                centres = anchor_centres[start:start + size:per]
+                dx = centres[:, 0] - gt_centres[..., 0, None]      # (N, K, L)
                 dy = centres[:, 1] - gt_centres[..., 1, None]
                 distance = (dx * dx + dy * dy).sqrt()
-                # Order by (distance, anchor index) with one int64 key: non-negative float32
+                # Order by (distance, location index) with one int64 key: non-negative float32
                 # values order like their int32 bit patterns, so ties go to the lowest index.
-                index = torch.arange(size, device=distance.device)
+                index = torch.arange(locations, device=distance.device)
                 key = (distance.view(torch.int32).to(torch.int64) << 32) | index
-                picked.append(key.topk(k, dim=-1, largest=False).indices + start)
+                nearest = key.topk(k, dim=-1, largest=False).indices     # (N, K, k) locations
+                anchors = nearest[..., None] * per + torch.arange(per, device=nearest.device)
+                picked.append(anchors.flatten(-2) + start)
             start += size
         return torch.cat(picked, dim=-1)
 

@@ -11,7 +11,7 @@ import datetime
 import json
 import statistics
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from iadet.io import atomic_write_text
 from iadet.tools.study_report import (_per_seed, _table, describe_pretrained_starts, load_pretrained_records,
@@ -44,21 +44,24 @@ def arm_title(name: str) -> str:
     ``IoU-aware with Soft-NMS (Gaussian)``); an unknown key is its own title."""
     from iadet.tools.study_family import FAMILY_ARMS
 
+    from iadet.tools.study_family import ATSS_RULES
+
     titles = {a.name: a.title for a in FAMILY_ARMS}
     base = _variant_base(name)
     if base is not None:
         return f"{arm_title(base)} with {VARIANT_TITLES[name[len(base) + 1:]]}"
-    if name.startswith("atss_") and name[5:] in titles:
-        return f"{titles[name[5:]]} + ATSS"
+    prefix, base = _atss_base(name) or (None, None)
+    if base in titles:
+        return titles[base] + ATSS_RULES[prefix][0]
     return titles.get(name, name)
 
 
 def in_study_order(arms: Dict[str, Dict]) -> Dict[str, Dict]:
     """The arms in the order the study defines them (RetinaNet, the IoU-aware arms, the other
     estimators, ATSS, then the evaluation-time variants of each base); unknown keys last."""
-    from iadet.tools.study_family import EVAL_VARIANTS, FAMILY_ARMS, VARIANT_BASES
+    from iadet.tools.study_family import ATSS_RULES, EVAL_VARIANTS, FAMILY_ARMS, VARIANT_BASES
 
-    order = [a.name for a in FAMILY_ARMS] + [f"atss_{a.name}" for a in FAMILY_ARMS]
+    order = [a.name for a in FAMILY_ARMS] + [f"{p}_{a.name}" for p in ATSS_RULES for a in FAMILY_ARMS]
     order += [f"{base}_{v}" for base in VARIANT_BASES for v in EVAL_VARIANTS]
     rank = {name: i for i, name in enumerate(order)}
     return dict(sorted(arms.items(), key=lambda kv: (rank.get(kv[0], len(order)), kv[0])))
@@ -94,6 +97,14 @@ def _mean(values: List[float]) -> Optional[float]:
 def _at(col: str) -> Callable[[Dict], Optional[float]]:
     """A summary's value of one metric (the configured score)."""
     return lambda summary: metric(summary, col)
+
+
+def _atss_base(arm: str) -> Optional[Tuple[str, str]]:
+    """(the ATSS rule's prefix, the arm it trains ATSS on) for an ATSS arm; None otherwise."""
+    from iadet.tools.study_family import ATSS_RULES
+
+    return next(((p, arm[len(p) + 1:]) for p in sorted(ATSS_RULES, key=len, reverse=True)
+                 if arm.startswith(f"{p}_")), None)
 
 
 def _variant_base(arm: str) -> Optional[str]:
@@ -239,6 +250,33 @@ def _top_against_close(arms, ranked) -> List[str]:
             + "."]
 
 
+def _atss_lines(arms, best: Optional[str]) -> List[str]:
+    """Each ATSS arm against its arm without ATSS (AP and APl), the two counts of its candidates
+    against each other, and whether the authors' count has been trained on the best arm."""
+    from iadet.tools.study_family import ATSS_BY_ANCHOR, ATSS_BY_LOCATION
+
+    lines = []
+    for a in arms:
+        _, base = _atss_base(a) or (None, None)
+        if base in arms:
+            d, large = (paired(arms, a, base, _at(c), _at(c)) for c in ("AP", "APl"))
+            lines.append(f"- {arm_title(a)} (`--atss-with {base}`) against {arm_title(base)}: {d.text()} AP "
+                         f"({_separated(d)}), {large.text()} APl.")
+    for base in dict.fromkeys(b for _, b in filter(None, map(_atss_base, arms))):
+        by_location, by_anchor = f"{ATSS_BY_LOCATION}_{base}", f"{ATSS_BY_ANCHOR}_{base}"
+        if by_location in arms and by_anchor in arms:
+            d = paired(arms, by_location, by_anchor, _at("AP"), _at("AP"))
+            lines.append(f"- On {arm_title(base)}, ATSS's 9 candidates per level counted in locations (the ATSS "
+                         f"authors) rather than in anchors (mmdetection; one location on 9 anchors): {d.text()} AP "
+                         f"({_separated(d)}).")
+    if lines:
+        lines.append("- On COCO the ATSS detector is 2.9 AP above RetinaNet, but it also changes the head (one anchor "
+                     "per position, centerness, GroupNorm), not only the assignment."
+                     + (f" The best arm here is {arm_title(best)}; ATSS, counted in locations, has not been trained "
+                        "on it." if best and f"{ATSS_BY_LOCATION}_{best}" not in arms else ""))
+    return lines
+
+
 def _reading(arms, starts: int) -> List[str]:
     """The ranking by paired ΔAP against RetinaNet, what the intervals allow, AP90, the gap
     closed, the evaluation-time variants and ATSS against their own base, the published order."""
@@ -277,16 +315,8 @@ def _reading(arms, starts: int) -> List[str]:
         lines.append("- The evaluation-time variants against their own model (same checkpoint, ΔAP): "
                      + _listed(variants) + ".")
     # the best trained arm without ATSS: the one the issue asks ATSS on
-    best = next((a for a, _ in ranked if not a.startswith("atss_") and not _variant_base(a)), None)
-    for a in arms:
-        if a.startswith("atss_") and a[5:] in arms:
-            d = paired(arms, a, a[5:], _at("AP"), _at("AP"))
-            lines.append(f"- ATSS on {arm_title(a[5:])} (`--atss-with {a[5:]}`): {d.text()} AP against the same arm "
-                         f"without it ({_separated(d)}); on COCO the ATSS detector is 2.9 AP above RetinaNet, but it "
-                         "also changes the head (one anchor per position, centerness, GroupNorm), not only the "
-                         "assignment."
-                         + (f" The best arm here is {arm_title(best)}; ATSS has not been trained on it."
-                            if best and f"atss_{best}" not in arms else ""))
+    best = next((a for a, _ in ranked if not _atss_base(a) and not _variant_base(a)), None)
+    lines += _atss_lines(arms, best)
     lines += ["- What the ranking does not say: it is one synthetic dataset at CPU scale and a short schedule (the "
               "study of the paper's claim measured it ~8 AP short of a plateau), from "
               + ("one pretrained start" if starts == 1 else f"{starts} pretrained starts (every difference pairs "

@@ -7,7 +7,8 @@
 Same pretrained start, recipe (``configs/mini/_base_/paper_regime.yaml``), data and paired
 seeds as the study of the paper's claim. Arms: RetinaNet, IoU-aware, IoU-aware †, aligned
 IoU-aware (plain and †), centerness, RetinaNet + QFL, RetinaNet + VFL, and ATSS on one of them
-(``--atss-with``); Soft-NMS and IoU-guided NMS re-evaluate the IoU-aware models' checkpoints
+(``--atss-with``; its 9 candidates per level counted in locations as the ATSS authors do, and in
+anchors as mmdetection does); Soft-NMS and IoU-guided NMS re-evaluate the IoU-aware models' checkpoints
 (no retraining) right after those train. Every run leaves a summary in
 ``docs/results_family/runs/``; the report (``docs/results_family.md``,
 :mod:`iadet.tools.family_report`) is generated from them.
@@ -42,17 +43,26 @@ EVAL_VARIANTS = {"soft_nms": ("model.test.nms=soft_gaussian",),
 VARIANT_BASES = ("iou_aware", "iou_aware_grad")
 
 
-def atss_arm(base: Arm) -> Arm:
-    """ATSS assignment on ``base``'s config (the issue: "ATSS with the best of them")."""
-    return replace(base, name=f"atss_{base.name}", title=f"{base.title} + ATSS", role="family",
-                   opts=base.opts + ("model.assigner.type=atss",))
+# ATSS on an arm, two ways of counting its topk = 9 candidates per level on 9 anchors per
+# location: prefix -> (title suffix, options). ``atss_loc``: 9 locations, all their anchors (the
+# ATSS authors' code); ``atss``: 9 anchors, one location (mmdetection's count, and the only rule
+# before ``atss_topk_unit`` existed: that arm's earlier runs keep their name and fingerprint).
+ATSS_BY_LOCATION, ATSS_BY_ANCHOR = "atss_loc", "atss"
+ATSS_RULES = {ATSS_BY_LOCATION: (" + ATSS", ("model.assigner.type=atss", "model.assigner.atss_topk_unit=location")),
+              ATSS_BY_ANCHOR: (" + ATSS (k in anchors)", ("model.assigner.type=atss",))}
+
+
+def atss_arms(base: Arm) -> Tuple[Arm, ...]:
+    """ATSS assignment on ``base``'s config (the issue: "ATSS with the best of them"), both counts."""
+    return tuple(replace(base, name=f"{prefix}_{base.name}", title=base.title + suffix, role="family",
+                         opts=base.opts + options) for prefix, (suffix, options) in ATSS_RULES.items())
 
 
 def arms_of(atss_with: str, names: Optional[List[str]] = None) -> Tuple[Arm, ...]:
     by_name = {a.name: a for a in FAMILY_ARMS}
     if atss_with not in by_name:
         raise ValueError(f"--atss-with: unknown arm {atss_with!r}; choose from {', '.join(by_name)}")
-    arms = FAMILY_ARMS + (atss_arm(by_name[atss_with]),)
+    arms = FAMILY_ARMS + atss_arms(by_name[atss_with])
     if names:
         unknown = [n for n in names if n not in {a.name for a in arms}]
         if unknown:

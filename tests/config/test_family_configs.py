@@ -19,7 +19,7 @@ CHANGES = {
     "qfl": {"model.loss.cls_loss": "qfl"},
     "vfl": {"model.loss.cls_loss": "vfl", "model.loss.reg_loss": "l1", "train.warmup_ratio": 0.1},
     "centerness": {"model.loss.quality_target": "centerness", "model.test.alpha": None},
-    "atss": {"model.assigner.type": "atss"},
+    "atss": {"model.assigner.type": "atss", "model.assigner.atss_topk_unit": "location"},
     "aligned": {"model.head.iou_align": True},
     "aligned_grad": {"model.head.iou_align": True},
     "soft_nms": {"model.test.nms": "soft_gaussian"},
@@ -70,3 +70,13 @@ def test_family_config_trains_a_step_and_predicts(name):
         detections = model.predict(images[0])[0]
     assert set(detections) >= {"boxes", "scores", "labels"}
     assert (detections["scores"][1:] <= detections["scores"][:-1]).all()
+
+
+def test_the_atss_config_counts_topk_in_locations():
+    # the ATSS authors: atss_topk nearest locations, all 9 anchors of each; the default counts anchors
+    name = FAMILY["atss"][0].split("/", 1)[1] + ".yaml"
+    assert build_criterion(iadet.load_config(CONFIGS / "family" / name)).assigner.anchors_per_location == 9
+    per_anchor = iadet.load_config(CONFIGS / (FAMILY_BASE["atss"] + ".yaml"), ["model.assigner.type=atss"])
+    assert build_criterion(per_anchor).assigner.anchors_per_location == 1
+    with pytest.raises(Exception, match="atss_topk_unit"):
+        iadet.load_config(CONFIGS / "family" / name, ["model.assigner.atss_topk_unit=cell"])

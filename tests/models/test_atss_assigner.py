@@ -53,8 +53,15 @@ def random_gts(gen, count):
     return torch.where(dup[:, None], boxes[src], boxes)
 
 
-def reference_assign(anchors, gt_boxes, ignore_boxes, levels, topk, ignore_iof_thr):
-    """ATSS written out one image, one ground truth, one level and one anchor at a time."""
+def locations_of(start, size, per_location):
+    """The locations of one level: runs of ``per_location`` consecutive anchors."""
+    return [list(range(a, a + per_location)) for a in range(start, start + size, per_location)]
+
+
+def reference_assign(anchors, gt_boxes, ignore_boxes, levels, topk, ignore_iof_thr, per_location=1):
+    """ATSS written out one image, one ground truth, one level and one anchor at a time;
+    ``per_location`` > 1: the topk nearest locations of each level (a location's centre: its first
+    anchor's), with all their anchors."""
     num_anchors = len(anchors)
     acx = (anchors[:, 0] + anchors[:, 2]) / 2.0
     acy = (anchors[:, 1] + anchors[:, 3]) / 2.0
@@ -68,8 +75,12 @@ def reference_assign(anchors, gt_boxes, ignore_boxes, levels, topk, ignore_iof_t
             distance = (dx * dx + dy * dy).sqrt().tolist()
             candidates, start = [], 0
             for size in levels:
-                nearest = sorted(range(start, start + size), key=lambda a: (distance[a], a))
-                candidates += nearest[:min(topk, size)]
+                if per_location > 1:
+                    nearest = sorted(locations_of(start, size, per_location), key=lambda m: (distance[m[0]], m[0]))
+                    candidates += [a for members in nearest[:topk] for a in members]
+                else:
+                    nearest = sorted(range(start, start + size), key=lambda a: (distance[a], a))
+                    candidates += nearest[:min(topk, size)]
                 start += size
             values = [iou[a] for a in candidates]
             n = len(values)
@@ -112,9 +123,9 @@ def reference_assign(anchors, gt_boxes, ignore_boxes, levels, topk, ignore_iof_t
             torch.tensor(all_iou).view(len(gt_boxes), num_anchors))
 
 
-def check_against_reference(gt_boxes, ignore_boxes=None, topk=9, anchors=ANCHORS, levels=LEVELS):
-    got = ATSSAssigner(topk=topk).assign(anchors, gt_boxes, ignore_boxes, levels)
-    want_idx, want_iou = reference_assign(anchors, gt_boxes, ignore_boxes, levels, topk, 0.5)
+def check_against_reference(gt_boxes, ignore_boxes=None, topk=9, anchors=ANCHORS, levels=LEVELS, per_location=1):
+    got = ATSSAssigner(topk=topk, anchors_per_location=per_location).assign(anchors, gt_boxes, ignore_boxes, levels)
+    want_idx, want_iou = reference_assign(anchors, gt_boxes, ignore_boxes, levels, topk, 0.5, per_location)
     assert torch.equal(got.matched_idx, want_idx)
     torch.testing.assert_close(got.matched_iou, want_iou, rtol=0, atol=1e-6)
     return got
@@ -134,6 +145,18 @@ def test_random_batches_match_reference(seed):
 def test_other_topk_match_reference(topk):
     gen = torch.Generator().manual_seed(100 + topk)
     check_against_reference([random_gts(gen, 12), random_gts(gen, 3)], topk=topk)
+
+
+@pytest.mark.parametrize("topk", [1, 9])
+def test_topk_counted_in_locations_matches_reference(topk):
+    # the ATSS authors' rule on 9 anchors per location: the anchors of the topk nearest locations
+    gen = torch.Generator().manual_seed(200 + topk)
+    gts = [random_gts(gen, 15), random_gts(gen, 0), random_gts(gen, 4)]
+    whole = sum(LEVELS[:-1])  # without the last level of 5 anchors: every level is whole locations of 9
+    got = check_against_reference(gts, [random_gts(gen, 2), random_gts(gen, 0), random_gts(gen, 1)], topk=topk,
+                                  anchors=ANCHORS[:whole], levels=LEVELS[:-1], per_location=9)
+    per_anchor = ATSSAssigner(topk=topk).assign(ANCHORS[:whole], gts, None, LEVELS[:-1])
+    assert not torch.equal(got.matched_idx, per_anchor.matched_idx)
 
 
 def test_random_ignore_regions_match_reference():
@@ -175,6 +198,24 @@ def test_hand_checked_unbiased_std():
     for topk, levels in ((2, [5]), (1, [5])):
         assert (ATSSAssigner(topk).assign(HAND_ANCHORS, [HAND_GT], None, levels).matched_idx < 0).all()
     assert ATSSAssigner().assign(HAND_ANCHORS, [HAND_GT], None, [2, 3]).matched_idx[0, 0] == 0
+
+
+def test_hand_checked_topk_counts_locations():
+    # two levels of two locations with two anchors each; gt [0, 0, 10, 10]
+    anchors = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 9.0, 9.0],         # (5, 5): IoU 1, 0.64
+                            [20.0, 0.0, 30.0, 10.0], [21.0, 1.0, 29.0, 9.0],      # (25, 5): 0, 0
+                            [-5.0, -5.0, 15.0, 15.0], [-10.0, -10.0, 20.0, 20.0],  # (5, 5): 0.25, 1/9
+                            [40.0, 0.0, 50.0, 10.0], [35.0, -5.0, 55.0, 15.0]])    # (45, 5): 0, 0
+    # one location per level: candidates 1, 0.64, 0.25, 0.111; mean 0.50028, unbiased std 0.40139,
+    # threshold 0.90167: anchor 0 alone
+    got = ATSSAssigner(topk=1, anchors_per_location=2).assign(anchors, [HAND_GT], None, [4, 4])
+    assert got.matched_idx.tolist() == [[0] + [NEGATIVE] * 7]
+    # one anchor per level: candidates 1 and 0.25, threshold 0.625 + 0.53033 > 1: no positive
+    assert (ATSSAssigner(topk=1).assign(anchors, [HAND_GT], None, [4, 4]).matched_idx == NEGATIVE).all()
+    with pytest.raises(ValueError, match="anchors_per_location"):
+        ATSSAssigner(anchors_per_location=0)
+    with pytest.raises(ValueError, match="not whole locations of anchors_per_location=2"):
+        ATSSAssigner(anchors_per_location=2).assign(anchors[:7], [HAND_GT], None, [4, 3])
 
 
 def test_threshold_is_inclusive():
