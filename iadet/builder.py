@@ -200,7 +200,13 @@ def build_criterion(cfg):
 
     a, l = cfg.model.assigner, cfg.model.loss
     if a.type == "atss":
-        per_location = build_anchor_generator(cfg).num_anchors_per_location if a.atss_topk_unit == "location" else 1
+        anchors_per_location = build_anchor_generator(cfg).num_anchors_per_location
+        if a.atss_topk_unit == "anchor" and anchors_per_location > 1:
+            warnings.warn(f"model.assigner: ATSS counts atss_topk={a.atss_topk} in anchors (mmdetection's count): on "
+                          f"{anchors_per_location} anchors per location that is {a.atss_topk / anchors_per_location:g} "
+                          "location(s) per level, and neighbouring anchors of high IoU become background; "
+                          "model.assigner.atss_topk_unit: location counts locations, as the ATSS authors do")
+        per_location = anchors_per_location if a.atss_topk_unit == "location" else 1
         assigner = ATSSAssigner(topk=a.atss_topk, ignore_iof_thr=a.ignore_iof_thr, anchors_per_location=per_location)
     else:
         assigner = MaxIoUAssigner(pos_iou_thr=a.pos_iou_thr, neg_iou_thr=a.neg_iou_thr, min_pos_iou=a.min_pos_iou,
