@@ -180,6 +180,15 @@ def test_the_reading_counts_the_seeds_every_arm_shares_from_one_start(tmp_path):
     assert "| IoU-aware | 3 | +1.00 [+1.00, +1.00] |" in text
 
 
+def test_the_reading_names_the_arms_short_of_the_protocols_seeds(tmp_path):
+    summaries = [_summary(arm, seed, 40.0, 40.0, 50.0) for arm in ("retinanet", "iou_aware") for seed in range(6)]
+    summaries += [_summary("atss_loc_iou_aware", seed, 42.0, 40.0, 50.0) for seed in (0, 3)]
+    text = _write(tmp_path, summaries)
+    assert "- It rests on 6 seeds that every arm with 5 or more has (0, 1, 2, 3, 4, 5); still short of them, " \
+           "provisional and with wide intervals: IoU-aware + ATSS (n = 2); each difference against RetinaNet " \
+           "pairs on 2–6 seeds." in text
+
+
 def test_a_report_without_retinanet_has_no_table_against_it(tmp_path):
     text = _write(tmp_path, [_summary("iou_aware", seed, 41.0, 40.0, 50.0) for seed in range(2)])
     assert "against RetinaNet (per seed" not in text and "against IoU-aware (per seed" not in text

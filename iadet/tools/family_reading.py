@@ -31,6 +31,21 @@ def _listed(pairs) -> str:
     return "; ".join(f"{title} ({d.text()})" for title, d in pairs) or "none"
 
 
+def _seeds_line(arms) -> str:
+    """The seeds the reading rests on: those that every arm with the protocol's number of seeds
+    shares from one start; the arms still short of it are named, with their number."""
+    full = {a: seeds for a, seeds in arms.items() if len(seeds) >= MIN_SEEDS}
+    short = [a for a in arms if a not in full]
+    common = common_seeds(full or arms)
+    return (f"- It rests on {len(common)} seed{'s' if len(common) != 1 else ''} that every arm "
+            + (f"with {MIN_SEEDS} or more has" if full and short else "has")
+            + (f" ({', '.join(map(str, common))})" if common else "")
+            + (f", fewer than the {MIN_SEEDS} the protocol asks for: provisional, and its intervals are wide"
+               if len(common) < MIN_SEEDS else "")
+            + ("; still short of them, provisional and with wide intervals: "
+               + ", ".join(f"{arm_title(a)} (n = {len(arms[a])})" for a in short) if full and short else ""))
+
+
 def _top_against_close(arms, ranked) -> List[str]:
     """The top trained arm paired directly with each trained arm whose interval against RetinaNet
     overlaps its own: overlapping intervals against a common reference do not order two arms."""
@@ -84,7 +99,6 @@ def reading(arms, starts: int) -> List[str]:
     below = [a for a, d in ranked if d.high is not None and d.high < 0]
     unclear = [a for a, d in ranked if a not in above and a not in below]
     high_iou = sorted(((a, d) for a, d in against("AP90") if d.low is not None and d.low > 0), key=lambda x: -x[1].mean)
-    common = common_seeds(arms)
     pairs_on = sorted({d.n for _, d in ranked})
     lines = ["## Reading (generated from the tables above)", "",
              "- Ranked by the paired AP difference against RetinaNet: "
@@ -94,10 +108,7 @@ def reading(arms, starts: int) -> List[str]:
              *_top_against_close(arms, ranked),
              "- At AP90 (the high-IoU end the paper aims at), above RetinaNet with the whole interval: "
              + _listed((arm_title(a), d) for a, d in high_iou) + ".",
-             f"- It rests on {len(common)} seed{'s' if len(common) != 1 else ''} that every arm has"
-             + (f" ({', '.join(map(str, common))})" if common else "")
-             + (f", fewer than the {MIN_SEEDS} the protocol asks for: provisional, and its intervals are wide"
-                if len(common) < MIN_SEEDS else "")
+             _seeds_line(arms)
              + (f"; each difference against RetinaNet pairs on {pairs_on[0]}–{pairs_on[-1]} seeds"
                 if pairs_on and pairs_on[0] != pairs_on[-1] else "") + "."]
     gaps = [(arm_title(a), paired_difference([g for g in map(gap_closed, seeds.values()) if g is not None]))
