@@ -55,12 +55,13 @@ def summarise(rows: Sequence[Tuple[str, int, List[float], int]]) -> List[List]:
     return table
 
 
-def _anchors(cfg, generator, height: int, width: int) -> Tuple[Tensor, List[int]]:
-    """The anchors of an image padded to the size divisor, as the network's pyramid has them."""
+def _anchors(cfg, model, height: int, width: int) -> Tuple[Tensor, List[int]]:
+    """The anchors of an image padded to the size divisor, on the network's own pyramid sizes."""
+    from iadet.export import pyramid_sizes
+
     d = cfg.input.size_divisor
-    pad_h, pad_w = math.ceil(height / d) * d, math.ceil(width / d) * d
-    sizes = [(math.ceil(pad_h / s), math.ceil(pad_w / s)) for s in cfg.model.anchors.strides]
-    levels = generator.grid_anchors(sizes, (pad_h, pad_w))
+    padded = (math.ceil(height / d) * d, math.ceil(width / d) * d)
+    levels = model.anchor_generator.grid_anchors(pyramid_sizes(model, padded), padded)
     return torch.cat(levels), [len(level) for level in levels]
 
 
@@ -73,11 +74,11 @@ def rule_stats(config: str, opts: List[str], images: int) -> List[List]:
         warnings.simplefilter("ignore")  # the rule is chosen on purpose here
         assigner = builder.build_criterion(cfg).assigner
     dataset = builder.build_dataset(cfg, "train", train_transforms=False)
-    generator = builder.build_anchor_generator(cfg)
+    model = builder.build_detector(cfg)
     rows = []
     for i in range(min(images, len(dataset))):
         image, target = dataset[i]
-        anchors, per_level = _anchors(cfg, generator, *image.shape[-2:])
+        anchors, per_level = _anchors(cfg, model, *image.shape[-2:])
         ignore = [target["ignore_boxes"]] if "ignore_boxes" in target else None
         matched = assigner.assign(anchors, [target["boxes"]], ignore, num_anchors_per_level=per_level).matched_idx[0]
         rows += object_stats(matched, target["boxes"], anchors)
