@@ -63,7 +63,7 @@ def _top_against_close(arms, ranked) -> List[str]:
 
 
 def _atss_lines(arms, best: Optional[str]) -> List[str]:
-    """Each ATSS arm against its arm without ATSS (AP and APl), the two counts of its candidates
+    """Each ATSS arm against its arm without ATSS (AP, APl and the gap closed), the two counts of its candidates
     against each other, and whether the authors' count has been trained on the best arm."""
     from iadet.tools.study_family import ATSS_BY_ANCHOR, ATSS_BY_LOCATION
 
@@ -72,8 +72,11 @@ def _atss_lines(arms, best: Optional[str]) -> List[str]:
         _, base = _atss_base(a) or (None, None)
         if base in arms:
             d, large = (paired(arms, a, base, _at(c), _at(c)) for c in ("AP", "APl"))
+            gap = paired(arms, a, base, gap_closed, gap_closed)
             lines.append(f"- {arm_title(a)} (`--atss-with {base}`) against {arm_title(base)}: {d.text()} AP "
-                         f"({_separated(d)}), {large.text()} APl.")
+                         f"({_separated(d)}), {large.text()} APl"
+                         + (f"; the share of the IoU_truth gap its estimate closes, {gap.text()} ({_separated(gap)})"
+                            if gap.mean is not None else "") + ".")
     for base in dict.fromkeys(b for _, b in filter(None, map(_atss_base, arms))):
         by_location, by_anchor = f"{ATSS_BY_LOCATION}_{base}", f"{ATSS_BY_ANCHOR}_{base}"
         if by_location in arms and by_anchor in arms:

@@ -36,9 +36,7 @@ def gap_closed(summary: Dict) -> Optional[float]:
 def arm_title(name: str) -> str:
     """The title of an arm key (``qfl`` -> ``RetinaNet + QFL``; ``iou_aware_soft_nms`` ->
     ``IoU-aware with Soft-NMS (Gaussian)``); an unknown key is its own title."""
-    from iadet.tools.study_family import FAMILY_ARMS
-
-    from iadet.tools.study_family import ATSS_RULES
+    from iadet.tools.study_family import ATSS_RULES, FAMILY_ARMS
 
     titles = {a.name: a.title for a in FAMILY_ARMS}
     base = _variant_base(name)
