@@ -54,8 +54,9 @@ CONTROL_SEEDS ?= 0,1,2
 reproduce-mini: ensure-installed
 	$(PYTHON) -m iadet.tools.reproduce mini $(if $(DRY_RUN),--dry-run --seeds "0 1" --control-seeds 0,--seeds "$(MINI_SEEDS)" --control-seeds "$(CONTROL_SEEDS)")
 
-## the quality family ranked by the same paired protocol (docs/results_family.md, issue 16; about
-## 4-5 hours on 2 CPU cores, resumable). DRY_RUN=1: the pipeline on a tiny set (seeds 0,1).
+## the quality family ranked by the same paired protocol (docs/results_family.md, issue 16): 14 runs
+## a seed, 109-122 min each seed on 2 cores of an AMD EPYC (family 25, model 17), so 9-10 hours
+## for the 5 seeds; resumable. DRY_RUN=1: the pipeline on a tiny set (seeds 0,1).
 compare-mini: ensure-installed
 	$(PYTHON) -m iadet.tools.reproduce family $(if $(DRY_RUN),--dry-run --seeds "0 1",--seeds "$(MINI_SEEDS)")
 
