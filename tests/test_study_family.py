@@ -131,7 +131,8 @@ def test_every_metric_in_its_column_variants_against_their_base_and_atss_against
     # QFL / VFL: Fig. 4 of their confidence, the class score
     assert "| RetinaNet + VFL | class score | – (no separate estimate) | – | 0.10 | 0.50 | 0.60 | 0.30 | 0.60 |" in text
     assert "- IoU-aware + ATSS (k in anchors) (`--atss-with iou_aware`) against IoU-aware: -0.75 [-0.75, -0.75] AP " \
-           "(separated), -0.75 [-0.75, -0.75] APl; the share of the IoU_truth gap its estimate closes, " in text
+           "(separated), -3.00 [-3.00, -3.00] AP90, -0.75 [-0.75, -0.75] APl; the share of the IoU_truth gap its " \
+           "estimate closes, " in text
     assert "The best arm here is RetinaNet + VFL; ATSS, counted in locations, has not been trained on it." in text
     assert "- At AP90 (the high-IoU end the paper aims at), above RetinaNet with the whole interval: RetinaNet + VFL " \
            "(+12.00 [+12.00, +12.00]); IoU-aware (+4.00" in text
@@ -145,10 +146,10 @@ def test_the_reading_says_whether_atss_is_on_the_best_arm(tmp_path):
                              for arm, ap in arms for seed in range(2)])
     # VFL ranks by its class score: no separate estimate, so no gap closed to pair
     assert "- RetinaNet + VFL + ATSS (`--atss-with vfl`) against RetinaNet + VFL: +1.00 [+1.00, +1.00] AP (separated)" \
-           ", +1.00 [+1.00, +1.00] APl.\n" in text
+           ", +0.00 [+0.00, +0.00] AP90, +1.00 [+1.00, +1.00] APl.\n" in text
     # gap closed (40.5 - 40) / 10 against (41 - 40) / 10 per seed (the seed's 0.1 cancels): -0.05
     assert "- IoU-aware + ATSS (k in anchors) (`--atss-with iou_aware`) against IoU-aware: -0.50 [-0.50, -0.50] AP " \
-           "(separated), -0.50 [-0.50, -0.50] APl; the share of the IoU_truth gap its estimate closes, " \
+           "(separated), +0.00 [+0.00, +0.00] AP90, -0.50 [-0.50, -0.50] APl; the share of the IoU_truth gap its estimate closes, " \
            "-0.05 [-0.05, -0.05] (separated)." in text
     assert "- On RetinaNet + VFL, ATSS's 9 candidates per level counted in locations (the ATSS authors) rather than " \
            "in anchors (mmdetection; one location on 9 anchors): +1.50 [+1.50, +1.50] AP (separated)." in text

@@ -63,7 +63,7 @@ def _top_against_close(arms, ranked) -> List[str]:
 
 
 def _atss_lines(arms, best: Optional[str]) -> List[str]:
-    """Each ATSS arm against its arm without ATSS (AP, APl and the gap closed), the two counts of its candidates
+    """Each ATSS arm against its arm without ATSS (AP, AP90, APl, the gap closed), the two counts of its candidates
     against each other, and whether the authors' count has been trained on the best arm."""
     from iadet.tools.study_family import ATSS_BY_ANCHOR, ATSS_BY_LOCATION
 
@@ -71,10 +71,10 @@ def _atss_lines(arms, best: Optional[str]) -> List[str]:
     for a in arms:
         _, base = _atss_base(a) or (None, None)
         if base in arms:
-            d, large = (paired(arms, a, base, _at(c), _at(c)) for c in ("AP", "APl"))
+            d, high, large = (paired(arms, a, base, _at(c), _at(c)) for c in ("AP", "AP90", "APl"))
             gap = paired(arms, a, base, gap_closed, gap_closed)
             lines.append(f"- {arm_title(a)} (`--atss-with {base}`) against {arm_title(base)}: {d.text()} AP "
-                         f"({_separated(d)}), {large.text()} APl"
+                         f"({_separated(d)}), {high.text()} AP90, {large.text()} APl"
                          + (f"; the share of the IoU_truth gap its estimate closes, {gap.text()} ({_separated(gap)})"
                             if gap.mean is not None else "") + ".")
     for base in dict.fromkeys(b for _, b in filter(None, map(_atss_base, arms))):
