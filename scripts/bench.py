@@ -45,6 +45,7 @@ Examples::
     PYTHONPATH=. python scripts/bench.py --only all --repeats 5  # plus fast_paths and profile (~15 min)
     PYTHONPATH=. python scripts/bench.py --quick --threads 1   # small sizes, a smoke run
     PYTHONPATH=. python scripts/bench.py --only nms,postprocess --repeats 9
+    PYTHONPATH=. python scripts/bench.py --only family --family atss   # one method of the family row
     PYTHONPATH=. python scripts/bench.py --device cuda
 
 The reference detector is torchvision's ``retinanet_resnet50_fpn`` as torchvision builds it
@@ -79,6 +80,7 @@ from bench_rows_family import FamilyRows  # noqa: E402
 from bench_rows_inference import InferenceRows  # noqa: E402
 from bench_rows_nms_eval import NmsEvalRows  # noqa: E402
 from bench_rows_training import TrainingRows, memory_child  # noqa: E402
+from iadet.tools.reproduce import FAMILY  # noqa: E402
 
 ALL_ROWS = ("r50_fp32", "r50_fp32_fast", "r50_bf16", "r50_bf16_fast", "bf16_ap", "postprocess", "nms",
             "train_step", "train_step_fast", "loss", "coco_eval", "iou_branch", "train_memory", "family",
@@ -158,6 +160,8 @@ def main(argv=None):
                              f"{', '.join(DIAGNOSTIC_ROWS)}): {', '.join(ALL_ROWS)}")
     parser.add_argument("--quick", action="store_true",
                         help="small sizes for a smoke run (320x480 inference, batch 2 at 256 training, 500 images eval)")
+    parser.add_argument("--family", default=None,
+                        help="comma-separated methods of the family row (default: all): " + ", ".join(FAMILY))
     parser.add_argument("--json-out", default="bench.json")
     parser.add_argument("--memory-child", choices=("iadet", "torchvision"), help=argparse.SUPPRESS)
     parser.add_argument("--memory-inputs", help=argparse.SUPPRESS)
@@ -177,6 +181,10 @@ def main(argv=None):
     unknown = [r for r in rows if r not in ALL_ROWS]
     if unknown:
         raise SystemExit(f"unknown row(s) {unknown}; valid: {', '.join(ALL_ROWS)}")
+    args.family = [m.strip() for m in args.family.split(",") if m.strip()] if args.family else list(FAMILY)
+    unknown = [m for m in args.family if m not in FAMILY]
+    if unknown:
+        raise SystemExit(f"--family: unknown method(s) {unknown}; valid: {', '.join(FAMILY)}")
 
     torch.manual_seed(0)
     bench = Bench(args)

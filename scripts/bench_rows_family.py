@@ -47,6 +47,8 @@ class FamilyRows:
                 "model.num_classes=91"]  # the bench's training boxes carry torchvision's COCO labels
         pairs = {}
         for method, (stem, _) in FAMILY.items():
+            if method not in self.args.family:  # --family: a subset of the methods
+                continue
             built = []
             for path in (CONFIGS / f"{stem}.yaml", CONFIGS / f"{FAMILY_BASE[method]}.yaml"):
                 cfg = iadet.load_config(path, opts)
