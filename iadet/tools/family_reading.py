@@ -63,8 +63,9 @@ def _top_against_close(arms, ranked) -> List[str]:
 
 
 def _atss_lines(arms, best: Optional[str]) -> List[str]:
-    """Each ATSS arm against its arm without ATSS (AP, AP90, APl, the gap closed), the two counts of its candidates
-    against each other, and whether the authors' count has been trained on the best arm."""
+    """Each ATSS arm against its arm without ATSS (AP, AP90, APl, the gap closed), the two counts
+    of its candidates against each other, and whether the authors' count has been trained on the
+    best arm."""
     from iadet.tools.study_family import ATSS_BY_ANCHOR, ATSS_BY_LOCATION
 
     lines = []
